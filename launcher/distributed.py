@@ -1,0 +1,70 @@
+"""Distributed start-up: CPU simulation settings and jax.distributed.initialize."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+from absl import logging
+
+
+class UsageError(ValueError):
+    """Command-line flags that cannot work together; exit code 2."""
+
+
+@dataclass(frozen=True)
+class DistributedFlags:
+    coordinator_address: str | None
+    num_processes: int | None
+    process_id: int | None
+    num_cpu_devices: int | None
+
+    def check(self) -> None:
+        """Raises UsageError for inconsistent flags, naming the received values."""
+        given = [self.coordinator_address, self.num_processes, self.process_id]
+        if any(v is not None for v in given) and not all(v is not None for v in given):
+            raise UsageError(
+                "--coordinator_address, --num_processes and --process_id go together. Received: "
+                f"coordinator_address={self.coordinator_address!r}, num_processes={self.num_processes}, "
+                f"process_id={self.process_id}"
+            )
+        if self.num_processes is not None and self.num_processes < 1:
+            raise UsageError(f"--num_processes must be >= 1. Received: num_processes={self.num_processes}")
+        if self.process_id is not None and not 0 <= self.process_id < (self.num_processes or 0):
+            raise UsageError(
+                f"--process_id must be in [0, num_processes={self.num_processes}). "
+                f"Received: process_id={self.process_id}"
+            )
+        if self.num_cpu_devices is not None and self.num_cpu_devices < 1:
+            raise UsageError(f"--num_cpu_devices must be >= 1. Received: num_cpu_devices={self.num_cpu_devices}")
+
+
+def _cluster_detected() -> bool:
+    """Whether JAX recognises a cluster (Cloud TPU, SLURM, Open MPI, k8s...)."""
+    from jax._src import clusters  # JAX's own auto-detection list.
+
+    return any(env.is_env_present() for env in clusters.ClusterEnv._cluster_types)
+
+
+def initialize(flags: DistributedFlags) -> None:
+    """Configures JAX and joins the job; must run before JAX touches a device."""
+    if flags.num_cpu_devices is not None:
+        # Local simulation: D CPU devices per process, gloo for cross-process collectives.
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", flags.num_cpu_devices)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        logging.info("CPU simulation: %d devices per process, gloo collectives", flags.num_cpu_devices)
+    if flags.coordinator_address is not None:
+        if flags.num_processes > 1:
+            jax.distributed.initialize(flags.coordinator_address, flags.num_processes, flags.process_id)
+    elif _cluster_detected():
+        jax.distributed.initialize()  # Cloud TPU pods and clusters JAX knows.
+
+
+def topology_line() -> str:
+    """One line describing this process' view of the job."""
+    local = jax.local_devices()
+    return (
+        f"process {jax.process_index()}/{jax.process_count()}: {len(local)} local of "
+        f"{jax.device_count()} {local[0].platform} devices ({local[0].device_kind})"
+    )

@@ -1,0 +1,74 @@
+"""The sequence of global batches is a pure function of (seed, global step)."""
+
+import numpy as np
+import pytest
+
+from configs import lm, mlp
+from trainer import data
+from trainer.mesh import DataShard
+
+
+class _Indices:
+    def __len__(self):
+        return 50
+
+    def __getitem__(self, i):
+        return np.int64(i)
+
+
+def _global_batch(records, step, *, processes, seed=7, global_batch=8):
+    """Concatenates every process' block of global batch `step`."""
+    blocks = []
+    for p in range(processes):
+        ds = data.global_batches(records, seed=seed, global_batch_size=global_batch,
+                                 shard=DataShard(p, processes))
+        blocks.append(np.asarray(ds[step]))
+    return np.concatenate(blocks)
+
+
+@pytest.mark.parametrize("step", [0, 1, 5, 6, 7, 30])
+def test_global_batches_identical_for_1_2_4_processes(step):
+    records = _Indices()
+    one = _global_batch(records, step, processes=1)
+    assert len(set(one.tolist())) == 8
+    for processes in (2, 4):
+        np.testing.assert_array_equal(_global_batch(records, step, processes=processes), one)
+
+
+def test_each_pass_is_a_new_permutation_covering_every_record():
+    records = _Indices()
+    ds = data.global_batches(records, seed=7, global_batch_size=10, shard=DataShard(0, 1))
+    first = np.concatenate([ds[s] for s in range(5)])
+    second = np.concatenate([ds[s] for s in range(5, 10)])
+    assert sorted(first.tolist()) == list(range(50)) == sorted(second.tolist())
+    assert first.tolist() != second.tolist()
+
+
+def test_seed_changes_order_and_resume_offset_does_not():
+    records = _Indices()
+    a = data.global_batches(records, seed=1, global_batch_size=8, shard=DataShard(0, 1))
+    b = data.global_batches(records, seed=2, global_batch_size=8, shard=DataShard(0, 1))
+    assert a[0].tolist() != b[0].tolist()
+    resumed = data.train_dataset(records, seed=1, global_batch_size=8, shard=DataShard(0, 1),
+                                 start_step=13, num_steps=4)
+    assert [r.tolist() for r in resumed] == [a[s].tolist() for s in range(13, 17)]
+
+
+def test_lm_records_are_next_byte_pairs():
+    config = lm.get_config("tiny")
+    splits = data.load_splits(config.data)
+    x, y = splits.train[3]
+    assert x.shape == y.shape == (config.data.seq_len,)
+    np.testing.assert_array_equal(x[1:], y[:-1])
+    assert len(splits.validation) > 0
+
+
+def test_digits_split_and_validation_batches_repeat():
+    config = mlp.get_config()
+    splits = data.load_splits(config.data)
+    assert len(splits.train) + len(splits.validation) == 1797
+    val = data.validation_dataset(splits.validation, global_batch_size=16, shard=DataShard(1, 2), num_steps=3)
+    assert len(val) == 3
+    np.testing.assert_array_equal(list(val)[0][1], list(val)[0][1])
+    with pytest.raises(ValueError, match="trainer.validation_steps"):
+        data.validation_dataset(splits.validation, global_batch_size=16, shard=DataShard(0, 2), num_steps=999)

@@ -1,0 +1,96 @@
+"""Mesh and layouts from the config -> a keras.distribution.
+
+DataParallel when the mesh has only the batch axis, ModelParallel with an
+ordered LayoutMap otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import jax
+import keras
+import numpy as np
+
+from configs.validation import BATCH_AXIS
+
+
+class OrderedLayoutMap(keras.distribution.LayoutMap):
+    """A LayoutMap whose rules are tried in order; the first match wins.
+
+    Keras' LayoutMap refuses a path that two regexes match; podfit configs
+    list rules from specific to general instead, as MaxText and big_vision do.
+    """
+
+    def __init__(self, device_mesh, rules: Sequence[tuple[str, tuple]]):
+        super().__init__(device_mesh)
+        self._rules = [(re.compile(pattern), tuple(spec)) for pattern, spec in rules]
+        for pattern, spec in rules:
+            super().__setitem__(pattern, tuple(spec))
+
+    def __getitem__(self, key):
+        for pattern, _ in self._rules:
+            if pattern.search(key):
+                return self._layout_map[pattern.pattern]
+        return None
+
+
+@dataclass(frozen=True)
+class DataShard:
+    """Which rows of every global batch this process feeds.
+
+    Processes whose devices hold the same rows of the batch axis (a data row
+    spanning several processes) feed the same rows.
+    """
+
+    index: int
+    count: int
+
+
+def build_distribution(
+    mesh_shape: Sequence[int], axis_names: Sequence[str], layout_rules: Sequence[tuple[str, tuple]]
+) -> keras.distribution.Distribution:
+    """Returns the keras.distribution for the mesh over all global devices."""
+    devices = jax.devices()
+    mesh = keras.distribution.DeviceMesh(tuple(mesh_shape), list(axis_names), devices)
+    if tuple(axis_names) == (BATCH_AXIS,):
+        return keras.distribution.DataParallel(device_mesh=mesh, auto_shard_dataset=False)
+    layout_map = OrderedLayoutMap(mesh, layout_rules)
+    return keras.distribution.ModelParallel(
+        layout_map=layout_map, batch_dim_name=BATCH_AXIS, auto_shard_dataset=False
+    )
+
+
+def process_grid(mesh_shape: Sequence[int]) -> np.ndarray:
+    """The process index of each device, laid out as the mesh lays them out."""
+    return np.asarray([d.process_index for d in jax.devices()]).reshape(tuple(mesh_shape))
+
+
+def data_shard(grid: np.ndarray, axis_names: Sequence[str], process_index: int) -> DataShard:
+    """The slice of each global batch that `process_index` feeds.
+
+    Args:
+      grid: `process_grid(mesh_shape)`: the process owning each mesh position.
+      axis_names: the mesh axis names; the batch axis is `data`.
+      process_index: this process.
+
+    The batch axis is split into as many contiguous blocks as there are
+    distinct groups of processes along it; JAX assembles the global batch from
+    these process-local blocks (`jax.make_array_from_process_local_data`).
+    """
+    mesh_shape = grid.shape
+    batch_dim = list(axis_names).index(BATCH_AXIS)
+    ids = np.moveaxis(grid, batch_dim, 0).reshape(grid.shape[batch_dim], -1)
+    # rows_of[p]: the batch-axis rows process p holds a device in.
+    rows_of = {int(p): [r for r in range(ids.shape[0]) if p in ids[r]] for p in np.unique(ids)}
+    groups = sorted({tuple(rows) for rows in rows_of.values()})
+    covered = [r for rows in groups for r in rows]
+    contiguous = all(list(rows) == list(range(rows[0], rows[0] + len(rows))) for rows in groups)
+    if not contiguous or len(covered) != len(set(covered)) or len({len(g) for g in groups}) != 1:
+        raise ValueError(
+            f"mesh.shape {tuple(mesh_shape)} gives processes overlapping or uneven blocks of the "
+            f"{BATCH_AXIS!r} axis. Received: rows per process {rows_of}"
+        )
+    return DataShard(index=groups.index(tuple(rows_of[process_index])), count=len(groups))
