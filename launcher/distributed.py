@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import jax
@@ -18,6 +19,8 @@ class DistributedFlags:
     num_processes: int | None
     process_id: int | None
     num_cpu_devices: int | None
+    # A peer silent this long is declared dead and every process stops.
+    heartbeat_timeout_s: int = 60
 
     def check(self) -> None:
         """Raises UsageError for inconsistent flags, naming the received values."""
@@ -29,14 +32,22 @@ class DistributedFlags:
                 f"process_id={self.process_id}"
             )
         if self.num_processes is not None and self.num_processes < 1:
-            raise UsageError(f"--num_processes must be >= 1. Received: num_processes={self.num_processes}")
+            raise UsageError(
+                f"--num_processes must be >= 1. Received: num_processes={self.num_processes}"
+            )
         if self.process_id is not None and not 0 <= self.process_id < (self.num_processes or 0):
             raise UsageError(
                 f"--process_id must be in [0, num_processes={self.num_processes}). "
                 f"Received: process_id={self.process_id}"
             )
+        if self.heartbeat_timeout_s < 1:
+            raise UsageError(
+                f"--heartbeat_timeout_s must be >= 1. Received: heartbeat_timeout_s={self.heartbeat_timeout_s}"
+            )
         if self.num_cpu_devices is not None and self.num_cpu_devices < 1:
-            raise UsageError(f"--num_cpu_devices must be >= 1. Received: num_cpu_devices={self.num_cpu_devices}")
+            raise UsageError(
+                f"--num_cpu_devices must be >= 1. Received: num_cpu_devices={self.num_cpu_devices}"
+            )
 
 
 def _cluster_detected() -> bool:
@@ -53,10 +64,14 @@ def initialize(flags: DistributedFlags) -> None:
         jax.config.update("jax_platforms", "cpu")
         jax.config.update("jax_num_cpu_devices", flags.num_cpu_devices)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        logging.info("CPU simulation: %d devices per process, gloo collectives", flags.num_cpu_devices)
+        logging.info(
+            "CPU simulation: %d devices per process, gloo collectives", flags.num_cpu_devices
+        )
     if flags.coordinator_address is not None:
         if flags.num_processes > 1:
-            jax.distributed.initialize(flags.coordinator_address, flags.num_processes, flags.process_id)
+            jax.distributed.initialize(
+                flags.coordinator_address, flags.num_processes, flags.process_id
+            )
     elif _cluster_detected():
         jax.distributed.initialize()  # Cloud TPU pods and clusters JAX knows.
 
@@ -68,3 +83,41 @@ def topology_line() -> str:
         f"process {jax.process_index()}/{jax.process_count()}: {len(local)} local of "
         f"{jax.device_count()} {local[0].platform} devices ({local[0].device_kind})"
     )
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_same_config(config: dict, timeout_s: int) -> None:
+    """Every process publishes its resolved config and reads everyone's.
+
+    A difference is a UsageError on every process naming the first field that
+    differs, instead of a hang or a silent divergence later.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src.distributed import global_state  # The coordination service client.
+
+    client = global_state.client
+    mine = json.dumps(config, sort_keys=True, default=str)
+    client.key_value_set(f"podfit/config/{jax.process_index()}", mine)
+    published = [
+        client.blocking_key_value_get(f"podfit/config/{i}", timeout_s * 1000)
+        for i in range(jax.process_count())
+    ]
+    for index, theirs in enumerate(published[1:], start=1):
+        if theirs == published[0]:
+            continue
+        a, b = _flatten(json.loads(published[0])), _flatten(json.loads(theirs))
+        field = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), "?")
+        raise UsageError(
+            f"config.{field} differs between processes: process 0 has {a.get(field)!r}. "
+            f"Received: process {index} has {field}={b.get(field)!r}"
+        )

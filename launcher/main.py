@@ -24,12 +24,21 @@ from ml_collections import config_flags  # noqa: E402
 from configs.validation import ConfigError, validate  # noqa: E402
 from launcher import distributed, logs  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lm.py or configs/lm.py:tiny.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/lm.py or configs/lm.py:tiny."
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (local runs).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (local runs)."
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (local runs).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process' index (local runs).")
-_NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", None, "Simulate this many CPU devices per process.")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 60, "Seconds without a heartbeat after which a peer counts as dead."
+)
+_NUM_CPU_DEVICES = flags.DEFINE_integer(
+    "num_cpu_devices", None, "Simulate this many CPU devices per process."
+)
 
 EXIT_USAGE = 2
 
@@ -79,7 +88,11 @@ def main(argv: list[str]) -> None:
     if config is None:
         _usage_exit("--config is required. Received: --config=None")
     dist = distributed.DistributedFlags(
-        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _NUM_CPU_DEVICES.value
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        _NUM_CPU_DEVICES.value,
+        _HEARTBEAT_TIMEOUT.value,
     )
     try:
         dist.check()
@@ -96,13 +109,19 @@ def main(argv: list[str]) -> None:
     log_path = logs.setup(jax.process_index(), workdir)
     try:
         validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-    except ConfigError as e:
+        distributed.check_same_config(config.to_dict(), _HEARTBEAT_TIMEOUT.value)
+    except (ConfigError, distributed.UsageError) as e:
         _usage_exit(str(e))
     logging.info("%s; log file %s", distributed.topology_line(), log_path)
 
+    from trainer.preemption import EXIT_PREEMPTED, Preempted  # noqa: PLC0415
     from trainer.train import train  # noqa: PLC0415  (imports Keras with the JAX backend)
 
-    train(config, workdir)
+    try:
+        train(config, workdir)
+    except Preempted as e:
+        logging.warning("%s; relaunch the same command to resume", e)
+        sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -7,4 +7,6 @@ unless another one was asked for, which is refused.
 import os
 
 if os.environ.setdefault("KERAS_BACKEND", "jax") != "jax":
-    raise ImportError(f"podfit needs KERAS_BACKEND=jax. Received: KERAS_BACKEND={os.environ['KERAS_BACKEND']}")
+    raise ImportError(
+        f"podfit needs KERAS_BACKEND=jax. Received: KERAS_BACKEND={os.environ['KERAS_BACKEND']}"
+    )

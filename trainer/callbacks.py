@@ -42,11 +42,20 @@ class MetricsLogger(keras.callbacks.Callback):
         step = self._step()
         record = {"step": step, "time": round(time.monotonic() - self._start, 3), **_floats(logs)}
         self._write(record)
-        logging.info("step %d/%d %s", step, self._total, " ".join(f"{k}={v:.4f}" for k, v in _floats(logs).items()))
+        logging.info(
+            "step %d/%d %s",
+            step,
+            self._total,
+            " ".join(f"{k}={v:.4f}" for k, v in _floats(logs).items()),
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         if not self._enabled:
             return
         record = {"epoch": epoch + 1, "step": self._step(), **_floats(logs)}
         self._write(record)
-        logging.info("epoch %d done: %s", epoch + 1, " ".join(f"{k}={v:.4f}" for k, v in _floats(logs).items()))
+        logging.info(
+            "epoch %d done: %s",
+            epoch + 1,
+            " ".join(f"{k}={v:.4f}" for k, v in _floats(logs).items()),
+        )

@@ -54,7 +54,9 @@ def stdlib_corpus(max_bytes: int) -> np.ndarray:
     root = sysconfig.get_paths()["stdlib"]
     chunks, total = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "test", "tests", "idlelib"))
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in ("site-packages", "test", "tests", "idlelib")
+        )
         for name in sorted(filenames):
             if not name.endswith(".py"):
                 continue
@@ -109,7 +111,9 @@ def _local_batch(global_batch_size: int, shard: DataShard) -> int:
     return global_batch_size // shard.count
 
 
-def global_batches(records, *, seed: int, global_batch_size: int, shard: DataShard) -> grain.MapDataset:
+def global_batches(
+    records, *, seed: int, global_batch_size: int, shard: DataShard
+) -> grain.MapDataset:
     """This process' block of every training global batch, indexed by global step."""
     ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat()
     ds = ds.batch(_local_batch(global_batch_size, shard), drop_remainder=True)
@@ -124,9 +128,13 @@ def train_dataset(
     return ds[start_step : start_step + num_steps]
 
 
-def validation_dataset(records, *, global_batch_size: int, shard: DataShard, num_steps: int) -> grain.MapDataset:
+def validation_dataset(
+    records, *, global_batch_size: int, shard: DataShard, num_steps: int
+) -> grain.MapDataset:
     """The same first `num_steps` validation global batches every epoch, unshuffled."""
-    ds = grain.MapDataset.source(records).batch(_local_batch(global_batch_size, shard), drop_remainder=True)
+    ds = grain.MapDataset.source(records).batch(
+        _local_batch(global_batch_size, shard), drop_remainder=True
+    )
     available = len(ds) // shard.count
     if num_steps > available:
         raise ValueError(

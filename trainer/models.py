@@ -23,7 +23,9 @@ class PositionEmbedding(keras.layers.Layer):
 
     def build(self, input_shape):
         self.embeddings = self.add_weight(
-            shape=(self.max_length, input_shape[-1]), initializer="glorot_uniform", name="embeddings"
+            shape=(self.max_length, input_shape[-1]),
+            initializer="glorot_uniform",
+            name="embeddings",
         )
 
     def call(self, inputs):

@@ -17,6 +17,7 @@ import checkpointing
 from configs import validation
 from trainer import data, mesh, models
 from trainer.callbacks import MetricsLogger
+from trainer.preemption import Preempted, PreemptionWatch
 
 
 @dataclass(frozen=True)
@@ -85,16 +86,21 @@ def train(config, workdir: str | Path) -> TrainResult:
     workdir = Path(workdir)
     process_index, process_count = jax.process_index(), jax.process_count()
     is_primary = process_index == 0
-    mesh_shape = validation.validate(config, num_devices=jax.device_count(), num_processes=process_count)
+    mesh_shape = validation.validate(
+        config, num_devices=jax.device_count(), num_processes=process_count
+    )
     if is_primary:
         (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
 
-    distribution = mesh.build_distribution(mesh_shape, config.mesh.axis_names, config.mesh.layout_rules)
+    distribution = mesh.build_distribution(
+        mesh_shape, config.mesh.axis_names, config.mesh.layout_rules
+    )
     shard = mesh.data_shard(mesh.process_grid(mesh_shape), config.mesh.axis_names, process_index)
     splits = data.load_splits(config.data)
     tr = config.trainer
     total_steps = tr.epochs * tr.steps_per_epoch
 
+    preemption = PreemptionWatch()
     with distribution.scope():
         keras.utils.set_random_seed(tr.seed)  # Same seed everywhere: same initial weights.
         model = models.build(config)
@@ -104,12 +110,21 @@ def train(config, workdir: str | Path) -> TrainResult:
             restored = checkpointing.restore_latest(str(ckpt_dir), model)
             if restored is not None:
                 start_step = restored.step
-                logging.info("resumed from step %d (epoch %d, step %d of it)", start_step,
-                             restored.progress.epoch, restored.progress.step_in_epoch)
+                logging.info(
+                    "resumed from step %d (epoch %d, step %d of it)",
+                    start_step,
+                    restored.progress.epoch,
+                    restored.progress.step_in_epoch,
+                )
 
         callbacks = [
-            MetricsLogger(workdir / "metrics.jsonl", log_every=tr.log_every, total_steps=total_steps,
-                          enabled=is_primary)
+            preemption,
+            MetricsLogger(
+                workdir / "metrics.jsonl",
+                log_every=tr.log_every,
+                total_steps=total_steps,
+                enabled=is_primary,
+            )
         ]
         if config.checkpoint.enabled:
             callbacks.append(_checkpoint_callback(config, ckpt_dir, tr.steps_per_epoch))
@@ -117,13 +132,23 @@ def train(config, workdir: str | Path) -> TrainResult:
         validation_data = None
         if tr.validation_steps:
             validation_data = data.validation_dataset(
-                splits.validation, global_batch_size=config.data.global_batch_size, shard=shard,
-                num_steps=tr.validation_steps)
+                splits.validation,
+                global_batch_size=config.data.global_batch_size,
+                shard=shard,
+                num_steps=tr.validation_steps,
+            )
         history: dict = {}
-        for initial_epoch, epochs, steps, first_step in _fit_segments(start_step, tr.epochs, tr.steps_per_epoch):
+        for initial_epoch, epochs, steps, first_step in _fit_segments(
+            start_step, tr.epochs, tr.steps_per_epoch
+        ):
             train_ds = data.train_dataset(
-                splits.train, seed=config.data.seed, global_batch_size=config.data.global_batch_size,
-                shard=shard, start_step=first_step, num_steps=(epochs - initial_epoch) * steps)
+                splits.train,
+                seed=config.data.seed,
+                global_batch_size=config.data.global_batch_size,
+                shard=shard,
+                start_step=first_step,
+                num_steps=(epochs - initial_epoch) * steps,
+            )
             h = model.fit(
                 train_ds,
                 initial_epoch=initial_epoch,
@@ -137,10 +162,15 @@ def train(config, workdir: str | Path) -> TrainResult:
             )
             for key, values in h.history.items():
                 history.setdefault(key, []).extend(float(v) for v in values)
+            if preemption.stopped_at is not None:
+                # The checkpoint callback's on_train_end has committed this step.
+                raise Preempted(preemption.stopped_at)
 
         final_step = int(model.optimizer.iterations.numpy())
         digest = weights_digest(model)
-    result = TrainResult(start_step=start_step, final_step=final_step, weights_sha256=digest, history=history)
+    result = TrainResult(
+        start_step=start_step, final_step=final_step, weights_sha256=digest, history=history
+    )
     (workdir / f"final_p{process_index}.json").write_text(json.dumps(result.__dict__, indent=2))
     logging.info("finished at step %d; weights sha256 %s", final_step, digest[:16])
     return result

@@ -1,0 +1,67 @@
+"""Stop at one step all processes agree on after a SIGTERM.
+
+With several processes, JAX's preemption service (part of the coordination
+service, on by default) catches SIGTERM on any process and agrees on a step
+(`multihost_utils.reached_preemption_sync_point`). A lone process uses its
+own SIGTERM handler. Training stops after that step; the checkpoint
+callback's `on_train_end` then commits it, and the launcher exits with
+`EXIT_PREEMPTED`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import jax
+import keras
+from absl import logging
+from jax.experimental import multihost_utils
+
+# Documented in the README: "preempted, checkpoint saved; relaunch to resume".
+EXIT_PREEMPTED = 75
+
+
+class Preempted(Exception):
+    """Training stopped at `step` because of a preemption notice."""
+
+    def __init__(self, step: int):
+        super().__init__(f"preempted at step {step}; its checkpoint is committed")
+        self.step = step
+
+
+class PreemptionWatch(keras.callbacks.Callback):
+    """Sets `model.stop_training` at the agreed step.
+
+    Built once per run (before the model compiles, so a SIGTERM during
+    compilation or restore is not lost) and passed to every `fit` call.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stopped_at: int | None = None
+        self._step = 0
+        self._signalled = threading.Event()
+        self._multi = jax.process_count() > 1
+        if not self._multi and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame):
+        del frame
+        logging.warning("signal %d received: stopping at the next step with a checkpoint", signum)
+        self._signalled.set()
+
+    def on_train_begin(self, logs=None):
+        # Read once; counted on the host afterwards (no device sync per step).
+        self._step = int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self._multi:
+            reached = multihost_utils.reached_preemption_sync_point(self._step)
+        else:
+            reached = self._signalled.is_set()
+        if reached:
+            logging.warning("preemption: all processes stop after step %d", self._step)
+            self.stopped_at = self._step
+            self.model.stop_training = True
