@@ -41,6 +41,21 @@ _NUM_CPU_DEVICES = flags.DEFINE_integer(
 )
 
 EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def _exit_now(code: int) -> None:
+    """Leaves without JAX's exit-time shutdown barrier.
+
+    After a failure a peer may be dead; waiting for it at exit would only
+    delay the exit that tells the scheduler (or scripts/simulate.py) to stop
+    the others. Uncommitted checkpoint writes stay invisible.
+    """
+    for handler in logging.get_absl_logger().handlers + [logging.get_absl_handler()]:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _usage_exit(message: str) -> None:
@@ -122,6 +137,9 @@ def main(argv: list[str]) -> None:
     except Preempted as e:
         logging.warning("%s; relaunch the same command to resume", e)
         sys.exit(EXIT_PREEMPTED)
+    except Exception:  # Logged, then the process leaves at once (below).
+        logging.exception("training failed on process %d", jax.process_index())
+        _exit_now(EXIT_FAILURE)
 
 
 if __name__ == "__main__":

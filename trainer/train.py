@@ -124,7 +124,7 @@ def train(config, workdir: str | Path) -> TrainResult:
                 log_every=tr.log_every,
                 total_steps=total_steps,
                 enabled=is_primary,
-            )
+            ),
         ]
         if config.checkpoint.enabled:
             callbacks.append(_checkpoint_callback(config, ckpt_dir, tr.steps_per_epoch))
