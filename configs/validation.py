@@ -79,7 +79,9 @@ def _check_types(cfg: dict) -> None:
 
     data_name = cfg["data"].get("name")
     if data_name not in base.DATA_DEFAULTS:
-        raise ConfigError("data.name", f"unknown data set; known: {sorted(base.DATA_DEFAULTS)}.", data_name)
+        raise ConfigError(
+            "data.name", f"unknown data set; known: {sorted(base.DATA_DEFAULTS)}.", data_name
+        )
     data_schema = {"global_batch_size": 1, "seed": 0, **base.DATA_DEFAULTS[data_name]}
     _check_keys("data", cfg["data"], ("name", *data_schema))
     for key, default in data_schema.items():
@@ -87,7 +89,9 @@ def _check_types(cfg: dict) -> None:
 
     model_name = cfg["model"].get("name")
     if model_name not in base.MODEL_DEFAULTS:
-        raise ConfigError("model.name", f"unknown model; known: {sorted(base.MODEL_DEFAULTS)}.", model_name)
+        raise ConfigError(
+            "model.name", f"unknown model; known: {sorted(base.MODEL_DEFAULTS)}.", model_name
+        )
     model_schema = base.MODEL_DEFAULTS[model_name]
     _check_keys("model", cfg["model"], ("name", *model_schema))
     for key, default in model_schema.items():
@@ -101,7 +105,9 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
     if -1 in shape:
         if known == 0 or num_devices % known:
             raise ConfigError(
-                "mesh.shape", f"the fixed axes ({known} devices) must divide {num_devices} devices.", shape
+                "mesh.shape",
+                f"the fixed axes ({known} devices) must divide {num_devices} devices.",
+                shape,
             )
         shape = tuple(num_devices // known if d == -1 else d for d in shape)
     if math.prod(shape) != num_devices:
@@ -118,7 +124,11 @@ def _check_mesh(mesh: dict, num_devices: int | None) -> tuple[int, ...] | None:
     if any(d == 0 or d < -1 for d in shape) or shape.count(-1) > 1:
         raise ConfigError("mesh.shape", "sizes must be > 0, with at most one -1.", shape)
     if len(names) != len(shape) or len(set(names)) != len(names):
-        raise ConfigError("mesh.axis_names", f"expected {len(shape)} distinct names, one per mesh.shape entry.", names)
+        raise ConfigError(
+            "mesh.axis_names",
+            f"expected {len(shape)} distinct names, one per mesh.shape entry.",
+            names,
+        )
     if not all(isinstance(n, str) and n for n in names):
         raise ConfigError("mesh.axis_names", "expected non-empty strings.", names)
     if BATCH_AXIS not in names:
@@ -133,17 +143,23 @@ def _check_mesh(mesh: dict, num_devices: int | None) -> tuple[int, ...] | None:
             raise ConfigError(field, f"bad regex: {e}.", rule[0]) from None
         spec = rule[1]
         if not isinstance(spec, tuple | list):
-            raise ConfigError(field, "expected a partition spec tuple such as (None, 'model').", spec)
+            raise ConfigError(
+                field, "expected a partition spec tuple such as (None, 'model').", spec
+            )
         for entry in spec:
             axes = entry if isinstance(entry, tuple | list) else (entry,)
             for axis in axes:
                 if axis is not None and axis not in names:
-                    raise ConfigError(field, f"names mesh axis {axis!r}, not in mesh.axis_names {names}.", rule)
+                    raise ConfigError(
+                        field, f"names mesh axis {axis!r}, not in mesh.axis_names {names}.", rule
+                    )
     return resolve_mesh_shape(shape, num_devices) if num_devices is not None else None
 
 
 def _check_values(cfg: dict, mesh_shape: tuple[int, ...] | None, num_processes: int | None) -> None:
-    data, model, opt, tr, ck = (cfg[s] for s in ("data", "model", "optimizer", "trainer", "checkpoint"))
+    data, model, opt, tr, ck = (
+        cfg[s] for s in ("data", "model", "optimizer", "trainer", "checkpoint")
+    )
     batch = data["global_batch_size"]
     _positive("data.global_batch_size", batch)
     _positive("data.seed", data["seed"], allow_zero=True)
@@ -151,17 +167,23 @@ def _check_values(cfg: dict, mesh_shape: tuple[int, ...] | None, num_processes: 
         data_size = mesh_shape[list(cfg["mesh"]["axis_names"]).index(BATCH_AXIS)]
         if batch % data_size:
             raise ConfigError(
-                "data.global_batch_size", f"must be divisible by the {BATCH_AXIS!r} mesh axis ({data_size}).", batch
+                "data.global_batch_size",
+                f"must be divisible by the {BATCH_AXIS!r} mesh axis ({data_size}).",
+                batch,
             )
     if num_processes is not None and batch % num_processes:
         raise ConfigError(
-            "data.global_batch_size", f"must be divisible by the process count ({num_processes}).", batch
+            "data.global_batch_size",
+            f"must be divisible by the process count ({num_processes}).",
+            batch,
         )
     for key in ("seq_len", "max_bytes"):
         if key in data:
             _positive(f"data.{key}", data[key])
     if "validation_fraction" in data and not 0 < data["validation_fraction"] < 1:
-        raise ConfigError("data.validation_fraction", "must be in (0, 1).", data["validation_fraction"])
+        raise ConfigError(
+            "data.validation_fraction", "must be in (0, 1).", data["validation_fraction"]
+        )
 
     for key in ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_dim", "num_classes"):
         if key in model:
@@ -169,9 +191,15 @@ def _check_values(cfg: dict, mesh_shape: tuple[int, ...] | None, num_processes: 
     if "hidden_sizes" in model:
         sizes = tuple(model["hidden_sizes"])
         if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in sizes):
-            raise ConfigError("model.hidden_sizes", "expected a non-empty tuple of ints > 0.", sizes)
+            raise ConfigError(
+                "model.hidden_sizes", "expected a non-empty tuple of ints > 0.", sizes
+            )
     if "num_heads" in model and model["embed_dim"] % model["num_heads"]:
-        raise ConfigError("model.embed_dim", f"must be divisible by model.num_heads ({model['num_heads']}).", model["embed_dim"])
+        raise ConfigError(
+            "model.embed_dim",
+            f"must be divisible by model.num_heads ({model['num_heads']}).",
+            model["embed_dim"],
+        )
     if not 0 <= model["dropout"] < 1:
         raise ConfigError("model.dropout", "must be in [0, 1).", model["dropout"])
 
@@ -194,7 +222,9 @@ def _check_values(cfg: dict, mesh_shape: tuple[int, ...] | None, num_processes: 
     if ck["mode"] not in ("auto", "min", "max"):
         raise ConfigError("checkpoint.mode", "expected 'auto', 'min' or 'max'.", ck["mode"])
     if (ck["save_best_only"] or ck["keep_best"]) and not ck["monitor"]:
-        raise ConfigError("checkpoint.monitor", "save_best_only and keep_best need a metric name.", ck["monitor"])
+        raise ConfigError(
+            "checkpoint.monitor", "save_best_only and keep_best need a metric name.", ck["monitor"]
+        )
 
 
 def parse_save_freq(value: Any) -> str | int:
@@ -204,11 +234,15 @@ def parse_save_freq(value: Any) -> str | int:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError("checkpoint.save_freq", "expected 'epoch' or a number of steps > 0.", value)
+        raise ConfigError(
+            "checkpoint.save_freq", "expected 'epoch' or a number of steps > 0.", value
+        )
     return value
 
 
-def validate(config: Any, *, num_devices: int | None = None, num_processes: int | None = None) -> tuple[int, ...] | None:
+def validate(
+    config: Any, *, num_devices: int | None = None, num_processes: int | None = None
+) -> tuple[int, ...] | None:
     """Checks `config`; returns the mesh shape resolved against `num_devices`.
 
     Args:
@@ -225,7 +259,9 @@ def validate(config: Any, *, num_devices: int | None = None, num_processes: int 
     cfg = _as_dict(config)
     for key in cfg:
         if key not in SECTIONS:
-            raise ConfigError(key, f"unknown section; podfit configs have {list(SECTIONS)}.", cfg[key])
+            raise ConfigError(
+                key, f"unknown section; podfit configs have {list(SECTIONS)}.", cfg[key]
+            )
     for section in SECTIONS:
         if section not in cfg:
             raise ConfigError(section, "missing section.", None)

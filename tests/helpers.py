@@ -55,3 +55,56 @@ def metrics(workdir: Path) -> list[dict]:
 
 def finals(workdir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(workdir.glob("final_p*.json"))]
+
+
+def committed_steps(workdir: Path) -> list[int]:
+    """Step directories a checkpoint listing would show (digits only: committed)."""
+    root = workdir / "checkpoints"
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
+
+
+def launcher_pids(workdir: Path) -> list[int]:
+    """PIDs of launcher processes started with --workdir=WORKDIR."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"launcher.main" in cmdline and f"--workdir={workdir}".encode() in cmdline:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def start_launchers(num_processes: int, devices: int, *args: str, log_dir: Path) -> list:
+    """N launcher processes joined through a local coordinator, without simulate.py.
+
+    Nothing stops the others when one dies: what the processes do on their own.
+    """
+    import portpicker
+
+    port = portpicker.pick_unused_port()
+    procs = []
+    for i in range(num_processes):
+        log = open(log_dir / f"launcher_{i}.out", "w")  # noqa: SIM115  (closed by the OS at exit)
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "launcher.main",
+                    *args,
+                    f"--num_cpu_devices={devices}",
+                    f"--coordinator_address=localhost:{port}",
+                    f"--num_processes={num_processes}",
+                    f"--process_id={i}",
+                ],
+                cwd=REPO,
+                env=env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    return procs

@@ -12,7 +12,13 @@ def _lm():
 
 @pytest.mark.parametrize(
     "config",
-    [lm.get_config(), lm.get_config("tiny"), mlp.get_config(), mlp.get_config("tiny"), base.get_config()],
+    [
+        lm.get_config(),
+        lm.get_config("tiny"),
+        mlp.get_config(),
+        mlp.get_config("tiny"),
+        base.get_config(),
+    ],
 )
 def test_shipped_configs_are_valid(config):
     assert validate(config, num_devices=8, num_processes=2) is not None

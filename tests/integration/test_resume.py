@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, env, finals, metrics, simulate
+from tests.helpers import REPO, committed_steps, env, finals, launcher_pids, metrics, simulate
 
 pytestmark = pytest.mark.multiprocess
 
@@ -32,25 +32,6 @@ LM = (
 )
 
 
-def _steps(workdir: Path) -> list[int]:
-    root = workdir / "checkpoints"
-    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
-
-
-def _launcher_pids(workdir: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"launcher.main" in cmdline and f"--workdir={workdir}".encode() in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
@@ -61,17 +42,29 @@ def uninterrupted(tmp_path_factory):
 
 def test_kill_9_mid_run_then_relaunch_is_bitwise_equal(uninterrupted, tmp_path):
     workdir = tmp_path / "killed"
-    cmd = [sys.executable, "scripts/simulate.py", "--num_processes=2", "--devices_per_process=4",
-           "--grace_s=5", "--", *LM, f"--workdir={workdir}",
-           # Slow steps down a little so the kill lands mid-run, after a commit.
-           "--config.trainer.log_every=1"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cmd = [
+        sys.executable,
+        "scripts/simulate.py",
+        "--num_processes=2",
+        "--devices_per_process=4",
+        "--grace_s=5",
+        "--",
+        *LM,
+        f"--workdir={workdir}",
+        # Slow steps down a little so the kill lands mid-run, after a commit.
+        "--config.trainer.log_every=1",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(s >= 8 for s in _steps(workdir)):
+        while time.monotonic() < deadline and not any(s >= 8 for s in committed_steps(workdir)):
             time.sleep(0.05)
-        victims = _launcher_pids(workdir)
-        assert len(victims) == 2 and _steps(workdir), "run ended before a commit could be seen"
+        victims = launcher_pids(workdir)
+        assert len(victims) == 2 and committed_steps(workdir), (
+            "run ended before a commit could be seen"
+        )
         os.kill(victims[1], signal.SIGKILL)
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -79,7 +72,7 @@ def test_kill_9_mid_run_then_relaunch_is_bitwise_equal(uninterrupted, tmp_path):
             proc.kill()
     assert proc.returncode != 0, out.decode()[-2000:]
     assert not finals(workdir), "the killed run must not have finished"
-    committed = _steps(workdir)
+    committed = committed_steps(workdir)
     assert committed and max(committed) < 24
 
     r = simulate(2, 4, *LM, f"--workdir={workdir}")
@@ -105,10 +98,16 @@ def test_restore_onto_another_topology_and_back(uninterrupted, tmp_path, process
     workdir = tmp_path / "moved"
     r = simulate(2, 4, *LM, f"--workdir={workdir}", "--config.trainer.epochs=1")
     assert r.returncode == 0, r.stdout[-3000:]
-    assert _steps(workdir)[-1] == 8
+    assert committed_steps(workdir)[-1] == 8
     # Epoch 2 under the new topology, resumed from step 8.
-    r = simulate(processes, devices, *LM, f"--workdir={workdir}", f"--config.mesh.shape={mesh}",
-                 "--config.trainer.epochs=2")
+    r = simulate(
+        processes,
+        devices,
+        *LM,
+        f"--workdir={workdir}",
+        f"--config.mesh.shape={mesh}",
+        "--config.trainer.epochs=2",
+    )
     assert r.returncode == 0, r.stdout[-3000:]
     assert "resumed from step 8" in r.stdout
     # And back to 2 x 4 for epoch 3.
@@ -119,6 +118,7 @@ def test_restore_onto_another_topology_and_back(uninterrupted, tmp_path, process
     expected, got = _loss_by_step(uninterrupted), _loss_by_step(workdir)
     assert sorted(got) == sorted(expected) == list(range(1, 25))
     # Same batches in the same order: losses agree to float reduction order.
-    np.testing.assert_allclose([got[s] for s in range(1, 25)], [expected[s] for s in range(1, 25)],
-                               rtol=2e-3)
+    np.testing.assert_allclose(
+        [got[s] for s in range(1, 25)], [expected[s] for s in range(1, 25)], rtol=2e-3
+    )
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)

@@ -20,8 +20,9 @@ def _global_batch(records, step, *, processes, seed=7, global_batch=8):
     """Concatenates every process' block of global batch `step`."""
     blocks = []
     for p in range(processes):
-        ds = data.global_batches(records, seed=seed, global_batch_size=global_batch,
-                                 shard=DataShard(p, processes))
+        ds = data.global_batches(
+            records, seed=seed, global_batch_size=global_batch, shard=DataShard(p, processes)
+        )
         blocks.append(np.asarray(ds[step]))
     return np.concatenate(blocks)
 
@@ -49,8 +50,9 @@ def test_seed_changes_order_and_resume_offset_does_not():
     a = data.global_batches(records, seed=1, global_batch_size=8, shard=DataShard(0, 1))
     b = data.global_batches(records, seed=2, global_batch_size=8, shard=DataShard(0, 1))
     assert a[0].tolist() != b[0].tolist()
-    resumed = data.train_dataset(records, seed=1, global_batch_size=8, shard=DataShard(0, 1),
-                                 start_step=13, num_steps=4)
+    resumed = data.train_dataset(
+        records, seed=1, global_batch_size=8, shard=DataShard(0, 1), start_step=13, num_steps=4
+    )
     assert [r.tolist() for r in resumed] == [a[s].tolist() for s in range(13, 17)]
 
 
@@ -67,8 +69,12 @@ def test_digits_split_and_validation_batches_repeat():
     config = mlp.get_config()
     splits = data.load_splits(config.data)
     assert len(splits.train) + len(splits.validation) == 1797
-    val = data.validation_dataset(splits.validation, global_batch_size=16, shard=DataShard(1, 2), num_steps=3)
+    val = data.validation_dataset(
+        splits.validation, global_batch_size=16, shard=DataShard(1, 2), num_steps=3
+    )
     assert len(val) == 3
     np.testing.assert_array_equal(list(val)[0][1], list(val)[0][1])
     with pytest.raises(ValueError, match="trainer.validation_steps"):
-        data.validation_dataset(splits.validation, global_batch_size=16, shard=DataShard(0, 2), num_steps=999)
+        data.validation_dataset(
+            splits.validation, global_batch_size=16, shard=DataShard(0, 2), num_steps=999
+        )
