@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check launcher configs trainer checkpointing scripts tests
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run $(ARGS)
+	$(PY) scripts/bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,59 @@
+"""Async, multi-process Orbax checkpoints for Keras 3 on JAX.
+
+A library: imports jax, keras, orbax and etils, never trainer/ or launcher/.
+
+- `OrbaxCheckpoint`: the callback (drop-in for `keras.callbacks.OrbaxCheckpoint`).
+- `restore(directory, model, step)`, `restore_latest(directory, model)`:
+  read a step into a built model, resharded onto the current topology.
+- `list_steps(directory)`: the committed steps.
+- `python -m checkpointing list|inspect|export`: the same from a shell.
+
+Names are imported on first use, so that `python -m checkpointing` can pick
+the Keras backend before keras is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "OrbaxCheckpoint": "checkpointing.callback",
+    "CheckpointWriteError": "checkpointing.coordination",
+    "PeerFailedError": "checkpointing.coordination",
+    "Progress": "checkpointing.metadata",
+    "StepRecord": "checkpointing.metadata",
+    "Topology": "checkpointing.metadata",
+    "Versions": "checkpointing.metadata",
+    "Restored": "checkpointing.restoring",
+    "StepInfo": "checkpointing.restoring",
+    "list_steps": "checkpointing.restoring",
+    "restore": "checkpointing.restoring",
+    "restore_latest": "checkpointing.restoring",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # For type checkers and IDEs; at run time, see __getattr__.
+    from checkpointing.callback import OrbaxCheckpoint  # noqa: F401
+    from checkpointing.coordination import CheckpointWriteError, PeerFailedError  # noqa: F401
+    from checkpointing.metadata import Progress, StepRecord, Topology, Versions  # noqa: F401
+    from checkpointing.restoring import (  # noqa: F401
+        Restored,
+        StepInfo,
+        list_steps,
+        restore,
+        restore_latest,
+    )
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'checkpointing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

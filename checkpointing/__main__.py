@@ -1,0 +1,159 @@
+"""Command line: look into a checkpoint directory, export a step.
+
+  python -m checkpointing list DIR
+  python -m checkpointing inspect DIR [--step N]
+  python -m checkpointing export DIR OUT.keras [--step N]
+
+Bad input (a missing directory, no committed step, an unknown step, an
+output not ending in .keras) prints one line naming it and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+# An entry point: the package is JAX-only, so default the Keras backend here,
+# before anything imports keras.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+USAGE_ERROR = 2
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # One line instead of usage + error.
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m checkpointing", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    listing = commands.add_parser("list", help="the committed steps")
+    listing.add_argument("directory")
+    inspect = commands.add_parser("inspect", help="one step's record and arrays (JSON)")
+    inspect.add_argument("directory")
+    inspect.add_argument("--step", type=int, default=None, help="default: the latest")
+    export = commands.add_parser("export", help="rebuild the model, save it as .keras")
+    export.add_argument("directory")
+    export.add_argument("out")
+    export.add_argument("--step", type=int, default=None, help="default: the latest")
+    return parser
+
+
+def _steps(directory: str) -> list[int]:
+    from etils import epath
+
+    from checkpointing import layout
+
+    if not epath.Path(directory).is_dir():
+        raise UsageError(f"checkpoint directory does not exist. Received: DIR={directory}")
+    steps = [m.step for m in layout.committed_steps(directory)]
+    if not steps:
+        raise UsageError(
+            f"no committed checkpoint step in the directory. Received: DIR={directory}"
+        )
+    return steps
+
+
+def _pick(directory: str, step: int | None) -> int:
+    steps = _steps(directory)
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise UsageError(
+            f"step {step} is not a committed step of {directory} (committed: {steps}). "
+            f"Received: --step={step}"
+        )
+    return step
+
+
+def _list(directory: str) -> None:
+    from checkpointing.restoring import list_steps
+
+    _steps(directory)
+    print(f"{'step':>8}  {'committed (UTC)':19}  {'size':>10}  topology / metrics")
+    for info in list_steps(directory):
+        when = info.time.strftime("%Y-%m-%d %H:%M:%S") if info.time else "-"
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(info.metrics.items()))
+        print(f"{info.step:>8}  {when:19}  {info.size_bytes:>10}  {info.topology}  {metrics}")
+
+
+def _inspect(directory: str, step: int | None) -> None:
+    from orbax.checkpoint import v1 as ocp
+
+    from checkpointing import layout
+    from checkpointing.metadata import flatten_with_paths
+
+    step = _pick(directory, step)
+    path = layout.step_path(directory, step)
+    record = layout.read_record(path)
+    with layout.orbax_context():
+        tree = ocp.metadata(path, checkpointable_name=layout.PYTREE).metadata
+    arrays = {
+        name: f"{leaf.dtype}[{','.join(str(d) for d in leaf.shape)}]"
+        for name, leaf in flatten_with_paths(tree).items()
+    }
+    report = {
+        "step": step,
+        "path": str(path),
+        "checkpointables": sorted(layout.saved_checkpointables(path)),
+        "record": None if record is None else record.to_json(),
+        "arrays": arrays,
+    }
+    print(json.dumps(report, indent=2, sort_keys=True))
+
+
+def _export(directory: str, out: str, step: int | None) -> None:
+    if not out.endswith(".keras"):
+        raise UsageError(f"the output must end in .keras. Received: OUT={out}")
+    step = _pick(directory, step)
+    from keras.src.saving import saving_lib
+    from orbax.checkpoint import v1 as ocp
+
+    from checkpointing import layout
+    from checkpointing.restoring import restore
+
+    path = layout.step_path(directory, step)
+    if layout.MODEL_CONFIG not in layout.saved_checkpointables(path):
+        raise UsageError(
+            f"step {step} has no model config (saved with save_weights_only). Received: --step={step}"
+        )
+    with layout.orbax_context():
+        config = ocp.load_checkpointables(path, {layout.MODEL_CONFIG: None})[layout.MODEL_CONFIG]
+    model = saving_lib._model_from_config(
+        config["config"], custom_objects=None, compile=True, safe_mode=True
+    )
+    restore(directory, model, step)
+    model.save(out)
+    print(f"exported step {step} of {directory} to {out}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        try:
+            args = _parser().parse_args(argv)
+        except UsageError as e:
+            raise UsageError(f"{e}. Received: {' '.join(argv) or '(no arguments)'}") from None
+        if args.command == "list":
+            _list(args.directory)
+        elif args.command == "inspect":
+            _inspect(args.directory, args.step)
+        else:
+            _export(args.directory, args.out, args.step)
+    except UsageError as e:
+        print(f"checkpointing: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

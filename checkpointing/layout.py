@@ -1,0 +1,131 @@
+"""The on-disk layout of a checkpoint directory, and how Orbax is configured.
+
+```
+DIR/
+  <global step>/                 committed steps only (Orbax renames the
+    _CHECKPOINT_METADATA           `<step>.orbax-checkpoint-tmp*` directory
+    commit_success.txt             into place when every process has written)
+    pytree/        model.get_state_tree(): trainable, non-trainable,
+                   optimizer and metrics variables (OCDBT, sharded)
+    model_config/  {"config": <Keras model JSON>}   (not with save_weights_only)
+    podfit/        data.json: the StepRecord (progress, data position, best,
+                   metadata, topology, versions, metrics)
+    metrics/       the scalar logs, read by Orbax's BestN retention policy
+```
+
+`pytree` and `model_config` are exactly what `keras.callbacks.OrbaxCheckpoint`
+writes, so `keras.saving.load_model(DIR)` and `model.load_weights(DIR)` read
+our directories unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from etils import epath
+from orbax.checkpoint import v1 as ocp
+
+from checkpointing.metadata import StepRecord
+
+PYTREE = "pytree"
+MODEL_CONFIG = "model_config"
+RECORD = "podfit"
+
+# Prefix of every Orbax barrier key this package causes; our own barriers
+# append ".<step>" (see coordination.py).
+BARRIER_PREFIX = "podfit_ckpt"
+
+# Written by Orbax into the temporary directory right before it is committed.
+_ORBAX_STEP_METADATA = "_CHECKPOINT_METADATA"
+
+
+def orbax_context(
+    *, barrier_timeout_s: float = 300.0, barrier_prefix: str = BARRIER_PREFIX
+) -> ocp.Context:
+    """The Orbax context every save and load of this package runs under.
+
+    Args:
+        barrier_timeout_s: Timeout of Orbax's background barriers (commit).
+        barrier_prefix: Prefix of Orbax's barrier keys; one per checkpointer,
+            so that two checkpointers' barriers never meet.
+
+    Returns:
+        An `ocp.Context` that stores the `podfit` record as a plain JSON file.
+    """
+    registry = ocp.handlers.local_registry(include_global_registry=True)
+    # The record is JSON; without this, the generic PyTree handler would win.
+    registry.add(ocp.handlers.JsonHandler, checkpointable_name=RECORD)
+    context = ocp.Context()
+    context.checkpointables.registry = registry
+    context.asynchronous.timeout_secs = max(1, int(round(barrier_timeout_s)))
+    context.multiprocessing.barrier_sync_key_prefix = barrier_prefix
+    return context
+
+
+def committed_steps(directory: epath.PathLike) -> list[Any]:
+    """The committed steps in `directory`, ascending.
+
+    Uncommitted (`*.orbax-checkpoint-tmp*`) directories are never listed:
+    Orbax's standard name format only yields finalized steps.
+
+    Args:
+        directory: The checkpoint root.
+
+    Returns:
+        Orbax `CheckpointMetadata[None]` values (`.step`, `.path`,
+        `.commit_timestamp_nsecs`); empty if the directory does not exist.
+    """
+    directory = epath.Path(directory)
+    if not directory.exists():
+        return []
+    found = ocp.path.step.standard_name_format().find_all(directory)
+    # On local file systems Orbax trusts the name alone; a step directory
+    # without the metadata Orbax writes just before the commit (made by hand,
+    # or half deleted) is not a step either.
+    return sorted(
+        (m for m in found if (epath.Path(m.path) / _ORBAX_STEP_METADATA).exists()),
+        key=lambda m: m.step,
+    )
+
+
+def step_path(directory: epath.PathLike, step: int) -> epath.Path:
+    """The committed directory of `step`.
+
+    Raises:
+        ValueError: If `step` is not a committed step of `directory`.
+    """
+    for found in committed_steps(directory):
+        if found.step == step:
+            return epath.Path(found.path)
+    available = [m.step for m in committed_steps(directory)]
+    raise ValueError(
+        f"step {step} is not a committed step of {directory} (committed: {available}). "
+        f"Received: step={step}"
+    )
+
+
+def saved_checkpointables(path: epath.PathLike) -> Sequence[str]:
+    """Names of the checkpointables saved in one step directory."""
+    with orbax_context():
+        return list(ocp.checkpointables_metadata(path).metadata.keys())
+
+
+def read_record(path: epath.PathLike) -> StepRecord | None:
+    """The `podfit` record of one step directory, or None if it has none.
+
+    Steps written by stock `keras.callbacks.OrbaxCheckpoint` have no record.
+    """
+    if RECORD not in saved_checkpointables(path):
+        return None
+    with orbax_context():
+        raw = ocp.load_checkpointables(path, {RECORD: None})[RECORD]
+    return StepRecord.from_json(raw)
+
+
+def size_bytes(path: epath.PathLike) -> int:
+    """Total size of the files under `path`."""
+    total = 0
+    for child in epath.Path(path).iterdir():
+        total += size_bytes(child) if child.is_dir() else child.stat().length
+    return total

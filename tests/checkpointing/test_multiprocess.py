@@ -1,0 +1,61 @@
+"""Real processes on localhost: 2 processes x 4 CPU devices, gloo collectives."""
+
+import json
+
+import numpy as np
+import pytest
+
+import checkpointing
+from tests.checkpointing import procs
+
+pytestmark = pytest.mark.multiprocess
+
+
+def result(out, mode, process):
+    return json.loads((out / f"result_{mode}_p{process}.json").read_text())
+
+
+def test_save_on_2x4_then_restore_on_1x2_and_1x8(tmp_path):
+    directory, out = tmp_path / "ckpt", tmp_path / "out"
+    out.mkdir()
+    codes = procs.run_all(
+        procs.cluster("train", 2, 4, "4,2", directory, out), tmp_path / "train", 240
+    )
+    assert codes == [0, 0], procs.tails(tmp_path / "train", 2)
+    assert [result(out, "train", p)["step"] for p in (0, 1)] == [12, 12]
+    assert [result(out, "train", p)["restored"] for p in (0, 1)] == [12, 12]
+    best = checkpointing.list_steps(tmp_path / "ckpt_best")
+    assert len(best) == 1 and best[0].step in (6, 12)
+    infos = checkpointing.list_steps(directory)
+    assert [i.step for i in infos] == [8, 12]  # save_freq=4, max_to_keep=2.
+    assert infos[-1].topology == "2 proc x 8 cpu, mesh data=4 model=2"
+
+    restores = [
+        procs.worker_command("restore", directory, out, devices=2, mesh="1,2"),
+        procs.worker_command("restore", directory, out, devices=8, mesh="8,1"),
+    ]
+    codes = procs.run_all(restores, tmp_path / "restore", 240)
+    assert codes == [0, 0], procs.tails(tmp_path / "restore", 2)
+    saved = np.load(out / "weights_train_4,2.npz")
+    for mesh in ("1,2", "8,1"):
+        loaded = np.load(out / f"weights_restore_{mesh}.npz")
+        assert sorted(loaded.files) == sorted(saved.files)
+        for name in saved.files:
+            np.testing.assert_array_equal(loaded[name], saved[name], err_msg=f"{mesh} {name}")
+    restored = json.loads((out / "result_restore_8,1.json").read_text())
+    assert restored["step"] == 12 and restored["progress"] == [2, 0]
+
+
+def test_a_write_failure_on_one_process_raises_on_every_process(tmp_path):
+    directory, out = tmp_path / "ckpt", tmp_path / "out"
+    out.mkdir()
+    codes = procs.run_all(
+        procs.cluster("fail", 2, 4, "4,2", directory, out), tmp_path / "fail", 240
+    )
+    assert codes == [1, 1], procs.tails(tmp_path / "fail", 2)
+    failed, peer = result(out, "fail", 1), result(out, "fail", 0)
+    assert failed["error_type"] == "CheckpointWriteError"
+    assert "injected write failure at step 8" in failed["error"]
+    assert peer["error_type"] == "PeerFailedError"
+    assert "process 1 failed to write step 8" in peer["error"]
+    assert [i.step for i in checkpointing.list_steps(directory)] == [4]
