@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ class DistributedFlags:
     num_cpu_devices: int | None
     # A peer silent this long is declared dead and every process stops.
     heartbeat_timeout_s: int = 60
+    # How long to wait for every process to join at start-up.
+    init_timeout_s: int = 300
 
     def check(self) -> None:
         """Raises UsageError for inconsistent flags, naming the received values."""
@@ -40,6 +43,10 @@ class DistributedFlags:
                 f"--process_id must be in [0, num_processes={self.num_processes}). "
                 f"Received: process_id={self.process_id}"
             )
+        if self.init_timeout_s < 1:
+            raise UsageError(
+                f"--init_timeout_s must be >= 1. Received: init_timeout_s={self.init_timeout_s}"
+            )
         if self.heartbeat_timeout_s < 1:
             raise UsageError(
                 f"--heartbeat_timeout_s must be >= 1. Received: heartbeat_timeout_s={self.heartbeat_timeout_s}"
@@ -57,6 +64,25 @@ def _cluster_detected() -> bool:
     return any(env.is_env_present() for env in clusters.ClusterEnv._cluster_types)
 
 
+def _join_with_deadline(seconds: int, **kwargs) -> None:
+    """jax.distributed.initialize, but the process exits 1 if joining takes longer.
+
+    A coordinator whose peer died before joining was seen waiting past JAX's
+    own `initialization_timeout`, holding the GIL; faulthandler's watchdog
+    runs in C, prints where the process was stuck, and exits regardless.
+    """
+    logging.info(
+        "joining %s; giving up after %ds",
+        kwargs.get("coordinator_address") or "the cluster",
+        seconds,
+    )
+    faulthandler.dump_traceback_later(seconds + 5, exit=True)
+    try:
+        jax.distributed.initialize(**kwargs)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
 def initialize(flags: DistributedFlags) -> None:
     """Configures JAX and joins the job; must run before JAX touches a device."""
     if flags.num_cpu_devices is not None:
@@ -67,13 +93,24 @@ def initialize(flags: DistributedFlags) -> None:
         logging.info(
             "CPU simulation: %d devices per process, gloo collectives", flags.num_cpu_devices
         )
+    timeouts = dict(
+        initialization_timeout=flags.init_timeout_s,
+        heartbeat_timeout_seconds=flags.heartbeat_timeout_s,
+        # Bounds the wait for dead peers at exit too.
+        shutdown_timeout_seconds=flags.heartbeat_timeout_s,
+    )
     if flags.coordinator_address is not None:
         if flags.num_processes > 1:
-            jax.distributed.initialize(
-                flags.coordinator_address, flags.num_processes, flags.process_id
+            _join_with_deadline(
+                flags.init_timeout_s,
+                coordinator_address=flags.coordinator_address,
+                num_processes=flags.num_processes,
+                process_id=flags.process_id,
+                **timeouts,
             )
     elif _cluster_detected():
-        jax.distributed.initialize()  # Cloud TPU pods and clusters JAX knows.
+        # Cloud TPU pods and clusters JAX knows.
+        _join_with_deadline(flags.init_timeout_s, **timeouts)
 
 
 def topology_line() -> str:

@@ -36,6 +36,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process' index (loc
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "heartbeat_timeout_s", 60, "Seconds without a heartbeat after which a peer counts as dead."
 )
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "init_timeout_s", 300, "Seconds to wait at start-up for every process to join."
+)
 _NUM_CPU_DEVICES = flags.DEFINE_integer(
     "num_cpu_devices", None, "Simulate this many CPU devices per process."
 )
@@ -108,6 +111,7 @@ def main(argv: list[str]) -> None:
         _PROCESS_ID.value,
         _NUM_CPU_DEVICES.value,
         _HEARTBEAT_TIMEOUT.value,
+        _INIT_TIMEOUT.value,
     )
     try:
         dist.check()

@@ -108,3 +108,20 @@ def start_launchers(num_processes: int, devices: int, *args: str, log_dir: Path)
             )
         )
     return procs
+
+
+def wait_for_step(workdir: Path, step: int, timeout: float = 120) -> None:
+    """Waits until process 0's log reports training step `step` (log_every=1)."""
+    import re
+    import time
+
+    deadline = time.monotonic() + timeout
+    pattern = re.compile(r"step (\d+)/")
+    log = workdir / "logs" / "process_0.log"
+    while time.monotonic() < deadline:
+        if log.exists():
+            steps = [int(m) for m in pattern.findall(log.read_text())]
+            if steps and steps[-1] >= step:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"step {step} not reached in {timeout}s")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.helpers import committed_steps, finals, simulate, start_launchers
+from tests.helpers import committed_steps, finals, simulate, start_launchers, wait_for_step
 from trainer.preemption import EXIT_PREEMPTED
 
 pytestmark = pytest.mark.multiprocess
@@ -33,19 +33,6 @@ def reference(tmp_path_factory):
     return finals(workdir)[0]["weights_sha256"]
 
 
-def _wait_for_step(workdir, step, timeout=120):
-    deadline = time.monotonic() + timeout
-    pattern = re.compile(r"step (\d+)/")
-    while time.monotonic() < deadline:
-        log = workdir / "logs" / "process_0.log"
-        if log.exists():
-            steps = [int(m) for m in pattern.findall(log.read_text())]
-            if steps and steps[-1] >= step:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} not reached")
-
-
 @pytest.mark.parametrize(
     "targets,when",
     [("one", "start-up"), ("one", "mid-run"), ("all", "mid-run")],
@@ -59,7 +46,7 @@ def test_sigterm_saves_agreed_step_and_relaunch_loses_nothing(reference, tmp_pat
         if when == "start-up":
             time.sleep(1.0)  # JAX initialising, the model compiling.
         else:
-            _wait_for_step(workdir, 10)
+            wait_for_step(workdir, 10)
         for p in procs if targets == "all" else procs[1:]:
             os.kill(p.pid, signal.SIGTERM)
         codes = [p.wait(timeout=120) for p in procs]
