@@ -83,7 +83,7 @@ def train(config, workdir: str | Path) -> TrainResult:
 
     Every process calls this with the same config.
     """
-    workdir = Path(workdir)
+    workdir = Path(workdir).absolute()  # Orbax wants absolute paths.
     process_index, process_count = jax.process_index(), jax.process_count()
     is_primary = process_index == 0
     mesh_shape = validation.validate(
