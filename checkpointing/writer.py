@@ -1,8 +1,8 @@
 """Snapshot in the training thread, write in the background (queue depth 1).
 
-`fit` blocks on a checkpoint only for `snapshot()`: one asynchronous copy per
-array, on device when it fits (else into pinned host memory), so the next
-training step may donate the live buffers. `BackgroundWriter` then runs the
+`fit` blocks on a checkpoint only for `snapshot()`: one batched asynchronous
+copy of all arrays, on device when it fits (else into pinned host memory), so
+the next training step may donate the live buffers. `BackgroundWriter` then runs the
 whole Orbax save (device-to-host, serialization, writing, commit) on a daemon
 thread (one per process, first in first out, shared by all callbacks). A
 callback's second save waits for its first: saves are never dropped, and at
@@ -78,10 +78,27 @@ def _to_host(leaf: Any) -> Any:
         return np.asarray(jax.device_get(leaf)).copy()
 
 
-def _on_device(leaf: Any) -> Any:
-    if isinstance(leaf, jax.Array):
-        return leaf.copy()  # Dispatched asynchronously; keeps the sharding.
-    return np.array(leaf, copy=True)
+def _on_device(tree: Any) -> Any:
+    """One batched, asynchronous on-device copy of every array in `tree`.
+
+    `jax.device_put(arrays, their shardings, may_alias=False)` dispatches all
+    copies in one call and returns before they run; the runtime orders them
+    before any later computation that donates the source buffers. A per-leaf
+    `x.copy()` or one jitted `jnp.copy` of the tree is a computation, which
+    the CPU runtime ran inline: it blocked the training thread for the whole
+    memcpy (~40 ms for 183 MiB on 2 cores, against ~2-5 ms here). Non-array
+    leaves are copied on the host.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    where = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.Array)]
+    arrays = [leaves[i] for i in where]
+    # Explicit (same) shardings: device_put refuses `None` for arrays sharded
+    # across processes.
+    copies = jax.device_put(arrays, [a.sharding for a in arrays], may_alias=False)
+    out = [leaf if isinstance(leaf, jax.Array) else np.array(leaf, copy=True) for leaf in leaves]
+    for i, copy in zip(where, copies, strict=True):
+        out[i] = copy
+    return jax.tree.unflatten(treedef, out)
 
 
 def snapshot(tree: Any, mode: SnapshotMode = "auto") -> Any:
@@ -97,8 +114,9 @@ def snapshot(tree: Any, mode: SnapshotMode = "auto") -> Any:
     """
     if mode == "auto":
         mode = "device" if fits_on_device(tree) else "host"
-    copy = _on_device if mode == "device" else _to_host
-    return jax.tree.map(copy, tree)
+    if mode == "device":
+        return _on_device(tree)
+    return jax.tree.map(_to_host, tree)
 
 
 class _Job:

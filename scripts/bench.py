@@ -178,6 +178,8 @@ def main(argv) -> None:
             )
             sys.exit(2)
         all_variants = [v for v in all_variants if v.name in _VARIANTS.value or v.name == "none"]
+    else:
+        all_variants = [v for v in all_variants if not v.opt_in]
     for v in all_variants:
         if v.unavailable:
             log(f"variant {v.name} NOT MEASURED: {v.unavailable}")

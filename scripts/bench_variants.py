@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import keras
 
@@ -30,6 +30,7 @@ class Variant:
             each save became durable.
         restore: (directory, model) -> None, or None when the variant has no restore.
         unavailable: why the variant cannot run in this checkout, or None.
+        opt_in: measured only when `--variants` names it (experiments).
     """
 
     name: str
@@ -42,6 +43,7 @@ class Variant:
     restore: Callable[[str, keras.Model], None] | None = None
     unavailable: str | None = None
     extra: dict = field(default_factory=dict)
+    opt_in: bool = False
 
 
 def _load_weights_dir(directory: str, model: keras.Model) -> None:
@@ -90,6 +92,40 @@ def _podfit_variant() -> Variant:
         restore=restore,
         extra={"restore_api": how, "module": getattr(checkpointing, "__file__", "")},
     )
+
+
+def _podfit_uncompressed_variant() -> Variant:
+    """Experiment: podfit with Orbax's zstd compression off (opt-in).
+
+    The same callback, with `context.array.saving.use_compression = False` added
+    to the Orbax context it builds (`checkpointing.layout.orbax_context`): what
+    that one setting would change if the package adopted it.
+    """
+    base = _podfit_variant()
+    name, label = "podfit_nozstd", "podfit, Orbax use_compression=False (experiment)"
+    if base.unavailable:
+        return Variant(name, label, None, unavailable=base.unavailable, opt_in=True)
+    from unittest import mock
+
+    import checkpointing
+    from checkpointing import layout
+
+    def uncompressed_context(**kwargs):
+        context = orbax_context(**kwargs)
+        context.array.saving.use_compression = False
+        return context
+
+    orbax_context = layout.orbax_context
+
+    class Uncompressed(checkpointing.OrbaxCheckpoint):
+        def on_train_begin(self, logs=None):
+            with mock.patch.object(layout, "orbax_context", uncompressed_context):
+                super().on_train_begin(logs)
+
+    def make(directory, save_freq, max_to_keep):
+        return Uncompressed(directory, save_freq=save_freq, max_to_keep=max_to_keep)
+
+    return replace(base, name=name, label=label, make=make, opt_in=True)
 
 
 def variants() -> list[Variant]:
@@ -151,4 +187,5 @@ def variants() -> list[Variant]:
             save_method="_save_model",
             restore=_load_latest_file,
         ),
+        _podfit_uncompressed_variant(),
     ]
