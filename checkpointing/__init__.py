@@ -6,7 +6,8 @@ A library: imports jax, keras, orbax and etils, never trainer/ or launcher/.
 - `restore(directory, model, step)`, `restore_latest(directory, model)`:
   read a step into a built model, resharded onto the current topology.
 - `list_steps(directory)`: the committed steps.
-- `python -m checkpointing list|inspect|export`: the same from a shell.
+- `verify_steps(directory)`: each step checked against its manifest.
+- `python -m checkpointing list|inspect|export|verify`: the same from a shell.
 
 Names are imported on first use, so that `python -m checkpointing` can pick
 the Keras backend before keras is imported.
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "OrbaxCheckpoint": "checkpointing.callback",
+    "CheckpointCorruptError": "checkpointing.manifest",
     "CheckpointWriteError": "checkpointing.coordination",
     "PeerFailedError": "checkpointing.coordination",
     "Progress": "checkpointing.metadata",
@@ -30,6 +32,7 @@ _EXPORTS = {
     "list_steps": "checkpointing.restoring",
     "restore": "checkpointing.restoring",
     "restore_latest": "checkpointing.restoring",
+    "verify_steps": "checkpointing.restoring",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -37,6 +40,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # For type checkers and IDEs; at run time, see __getattr__.
     from checkpointing.callback import OrbaxCheckpoint  # noqa: F401
     from checkpointing.coordination import CheckpointWriteError, PeerFailedError  # noqa: F401
+    from checkpointing.manifest import CheckpointCorruptError  # noqa: F401
     from checkpointing.metadata import Progress, StepRecord, Topology, Versions  # noqa: F401
     from checkpointing.restoring import (  # noqa: F401
         Restored,
@@ -44,6 +48,7 @@ if TYPE_CHECKING:  # For type checkers and IDEs; at run time, see __getattr__.
         list_steps,
         restore,
         restore_latest,
+        verify_steps,
     )
 
 

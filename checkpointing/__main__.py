@@ -3,6 +3,11 @@
   python -m checkpointing list DIR
   python -m checkpointing inspect DIR [--step N]
   python -m checkpointing export DIR OUT.keras [--step N]
+  python -m checkpointing verify DIR [--step N]
+
+`verify` prints each step's status against its manifest (ok / damaged: the
+file, expected vs found / unverified: no manifest) and exits with 1 if any
+step is damaged, else 0.
 
 Bad input (a missing directory, no committed step, an unknown step, an
 output not ending in .keras) prints one line naming it and exits with 2.
@@ -21,6 +26,7 @@ from collections.abc import Sequence
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 USAGE_ERROR = 2
+DAMAGED = 1
 
 
 class UsageError(Exception):
@@ -44,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("directory")
     export.add_argument("out")
     export.add_argument("--step", type=int, default=None, help="default: the latest")
+    verify = commands.add_parser("verify", help="check steps against their manifests")
+    verify.add_argument("directory")
+    verify.add_argument("--step", type=int, default=None, help="default: every step")
     return parser
 
 
@@ -135,6 +144,20 @@ def _export(directory: str, out: str, step: int | None) -> None:
     print(f"exported step {step} of {directory} to {out}")
 
 
+def _verify(directory: str, step: int | None) -> int:
+    from checkpointing.restoring import verify_steps
+
+    if step is not None:
+        _pick(directory, step)
+    else:
+        _steps(directory)
+    damaged = 0
+    for verdict in verify_steps(directory, step):
+        print(f"{verdict.step:>8}  {verdict.describe()}")
+        damaged += verdict.status == "damaged"
+    return DAMAGED if damaged else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -143,10 +166,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = _parser().parse_args(argv)
         except UsageError as e:
             raise UsageError(f"{e}. Received: {' '.join(argv) or '(no arguments)'}") from None
+        from checkpointing import layout
+
+        args.directory = layout.root(args.directory)  # Orbax needs absolute local paths.
         if args.command == "list":
             _list(args.directory)
         elif args.command == "inspect":
             _inspect(args.directory, args.step)
+        elif args.command == "verify":
+            return _verify(args.directory, args.step)
         else:
             _export(args.directory, args.out, args.step)
     except UsageError as e:

@@ -14,7 +14,7 @@ from keras.src.saving import saving_lib
 from keras.src.utils import io_utils
 from orbax.checkpoint import v1 as ocp
 
-from checkpointing import layout, retention, writer
+from checkpointing import layout, manifest, retention, writer
 from checkpointing import metadata as meta
 from checkpointing.coordination import (
     Coordinator,
@@ -67,6 +67,9 @@ class OrbaxCheckpoint(MonitorCallback):
     - Each step also stores progress, the data position, the best value so
       far, user metadata, the topology and library versions (see
       `layout.py`). A new callback on a directory with steps resumes `best`.
+    - After each commit, process 0 writes `<step>/podfit/manifest.json`
+      (size and CRC-32 per file, see `manifest.py`), which `restore` and
+      `restore_latest` verify; failing to write it is a write failure.
     - `on_train_end` leaves the final state committed (unless
       `save_best_only`) and returns only when all writes are durable.
 
@@ -185,7 +188,7 @@ class OrbaxCheckpoint(MonitorCallback):
                 f"snapshot must be one of {writer.SNAPSHOT_MODES}. Received: snapshot={snapshot!r}"
             )
         super().__init__(monitor, mode, initial_value_threshold)
-        self.directory = str(directory)
+        self.directory = layout.root(directory)
         self.verbose = verbose
         self.save_best_only = save_best_only
         self.save_freq = save_freq
@@ -386,3 +389,7 @@ class OrbaxCheckpoint(MonitorCallback):
         """The whole save and commit; runs on the writer thread."""
         self.checkpointer.save_checkpointables(step, payload, force=True, metrics=metrics or None)
         self._coordinator.barrier(f"committed{self._instance}", step)
+        if self._coordinator.process_index == 0:
+            # Every process has committed: the step is whole on the shared file
+            # system. Dying before this leaves the step usable, "unverified".
+            manifest.write(layout.step_path(self.directory, step))

@@ -20,6 +20,7 @@ our directories unchanged.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,6 +62,12 @@ def orbax_context(
     context.asynchronous.timeout_secs = max(1, int(round(barrier_timeout_s)))
     context.multiprocessing.barrier_sync_key_prefix = barrier_prefix
     return context
+
+
+def root(directory: epath.PathLike) -> str:
+    """`directory` as Orbax needs it: absolute for local paths, URLs (gs://) as given."""
+    text = os.fspath(directory)
+    return text if "://" in text else os.path.abspath(text)
 
 
 def committed_steps(directory: epath.PathLike) -> list[Any]:

@@ -13,8 +13,9 @@ from absl import logging
 from etils import epath
 from orbax.checkpoint import v1 as ocp
 
-from checkpointing import layout
+from checkpointing import layout, manifest
 from checkpointing.coordination import Coordinator, next_instance
+from checkpointing.manifest import CheckpointCorruptError, Verdict
 from checkpointing.metadata import Progress, StepRecord, Topology, Versions, flatten_with_paths
 
 
@@ -150,7 +151,9 @@ def _targets(model: keras.Model, saved: Mapping[str, Any], where: epath.Path):
     return abstract, matched
 
 
-def restore(directory: epath.PathLike, model: keras.Model, step: int) -> Restored:
+def restore(
+    directory: epath.PathLike, model: keras.Model, step: int, *, verify: bool = True
+) -> Restored:
     """Loads committed `step` of `directory` into `model`, in place.
 
     The model must be built and compiled (its optimizer variables are built
@@ -159,19 +162,35 @@ def restore(directory: epath.PathLike, model: keras.Model, step: int) -> Restore
     devices, mesh, layouts) restores under any other the shapes fit.
     Call it on every process.
 
+    Before reading, the step is checked against its manifest (sizes and
+    CRC-32 of every file, see `manifest.py`): a damaged step is logged
+    (absl error per file: expected vs found) and not read; a step without a
+    manifest is read with a warning ("unverified").
+
     Args:
         directory: The checkpoint root.
         model: A built, compiled Keras model.
         step: A committed global step.
+        verify: Check the manifest first (`restore_latest` checks on
+            process 0 and passes False).
 
     Returns:
         The `Restored` step.
 
     Raises:
+        CheckpointCorruptError: If the step fails verification (a ValueError).
         ValueError: If `step` is not committed, or the model does not match.
     """
     path = layout.step_path(directory, step)
     _prepare(model)
+    if verify:
+        verdict = manifest.verify(path)
+        manifest.report(verdict, path)
+        if not verdict.usable:
+            raise CheckpointCorruptError(
+                f"step {step} of {directory} is damaged: {'; '.join(verdict.problems)}. "
+                f"Received: step={step}"
+            )
     names = layout.saved_checkpointables(path)
     with layout.orbax_context():
         saved = ocp.metadata(path, checkpointable_name=layout.PYTREE).metadata
@@ -209,6 +228,12 @@ def restore_latest(
 
     Call it on every process (and in the same order as the callbacks built).
 
+    Process 0 verifies the steps, latest first, against their manifests:
+    a damaged step is logged loudly (absl error naming the step, the file,
+    expected vs found) and skipped for the previous one; a step without a
+    manifest is used with a warning. Every process restores the step process
+    0 chose.
+
     Args:
         directory: The checkpoint root (need not exist).
         model: A built, compiled Keras model.
@@ -216,15 +241,58 @@ def restore_latest(
 
     Returns:
         The `Restored` step, or None if there is no committed step.
+
+    Raises:
+        CheckpointCorruptError: If there are committed steps but none verifies
+            (on every process).
     """
-    steps = layout.committed_steps(directory)
-    latest = str(steps[-1].step) if steps else "none"
-    # Every process must restore the same step: process 0's listing decides.
     coordinator = Coordinator.create(str(directory), next_instance(), 0, timeout_s)
-    latest = coordinator.share("restore_latest", 0, latest)
-    if latest == "none":
+    choice = _choose(directory) if coordinator.process_index == 0 else ""
+    # Every process must restore the same step: process 0 decides.
+    choice = coordinator.share("restore_latest", 0, choice)
+    if choice == "none":
         return None
-    return restore(directory, model, int(latest))
+    if choice.startswith("damaged:"):
+        raise CheckpointCorruptError(
+            f"no usable step in {directory}: every committed step is damaged "
+            f"({choice.removeprefix('damaged:')}). Received: directory={directory}"
+        )
+    return restore(directory, model, int(choice), verify=False)
+
+
+def _choose(directory: epath.PathLike) -> str:
+    """Process 0's pick: the latest usable step, "none" or "damaged:<steps>"."""
+    steps = layout.committed_steps(directory)
+    if not steps:
+        return "none"
+    damaged = []
+    for found in reversed(steps):
+        verdict = manifest.verify(found.path)
+        manifest.report(verdict, found.path)
+        if verdict.usable:
+            if damaged:
+                logging.error(
+                    "checkpointing: restoring step %d of %s instead of damaged step(s) %s",
+                    found.step,
+                    directory,
+                    damaged,
+                )
+            return str(found.step)
+        damaged.append(found.step)
+    return f"damaged:{damaged}"
+
+
+def verify_steps(directory: epath.PathLike, step: int | None = None) -> list[Verdict]:
+    """Checks the committed steps of `directory` (or only `step`), ascending.
+
+    Raises:
+        ValueError: If `directory` does not exist or `step` is not committed.
+    """
+    if not epath.Path(directory).exists():
+        raise ValueError(f"checkpoint directory does not exist. Received: directory={directory}")
+    if step is not None:
+        return [manifest.verify(layout.step_path(directory, step))]
+    return [manifest.verify(found.path) for found in layout.committed_steps(directory)]
 
 
 def list_steps(directory: epath.PathLike) -> list[StepInfo]:

@@ -1,0 +1,215 @@
+"""Checksums of a committed step: written after the commit, checked before a restore.
+
+Each committed step of a directory written by `OrbaxCheckpoint` carries
+`<step>/podfit/manifest.json`:
+
+```
+{"format": 1, "step": 8, "algorithm": "crc32",
+ "files": {"pytree/d/6c47...": {"size": 2715, "crc32": "1a2b3c4d"}, ...}}
+```
+
+one entry per file of the step (relative path, size in bytes, zlib CRC-32 of
+the contents), the manifest itself excepted. Process 0 writes it once every
+process has committed (the step is complete on the shared file system), to a
+temporary name renamed into place, so a manifest is either whole or absent.
+
+`verify(path)` re-reads the step and returns a `Verdict`:
+
+- "ok": every listed file is there with its size and checksum;
+- "damaged": a file is missing, truncated or changed (or the manifest is
+  unreadable); `problems` names each file, expected vs found;
+- "unverified": there is no manifest (the writer died between the commit and
+  the manifest, or the step was written by stock Keras). Usable, but unchecked.
+
+Files present but not listed (e.g. added by hand) are not damage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import zlib
+from typing import Literal
+
+from absl import logging
+from etils import epath
+
+MANIFEST_DIR = "podfit"  # = layout.RECORD; the podfit checkpointable's directory.
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+_TMP_SUFFIX = ".tmp"
+_CHUNK = 1 << 20
+
+Status = Literal["ok", "damaged", "unverified"]
+
+
+class CheckpointCorruptError(ValueError):
+    """A step failed verification against its manifest (or none verified)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The result of `verify` for one step.
+
+    Attributes:
+        step: The global step (the directory's name), if known.
+        status: "ok", "damaged" or "unverified".
+        problems: For "damaged", one line per bad file (path, expected vs
+            found); for "unverified", why.
+        files: How many files were checked.
+    """
+
+    step: int | None
+    status: Status
+    problems: tuple[str, ...] = ()
+    files: int = 0
+
+    @property
+    def usable(self) -> bool:
+        """Whether a restore may read the step ("ok" or "unverified")."""
+        return self.status != "damaged"
+
+    def describe(self) -> str:
+        """One line, e.g. `damaged: pytree/d/ab12: size 2715 expected, 100 found`."""
+        if self.status == "ok":
+            return f"ok ({self.files} files)"
+        return f"{self.status}: {'; '.join(self.problems)}"
+
+
+def manifest_path(step_dir: epath.PathLike) -> epath.Path:
+    """Where the manifest of the step directory `step_dir` lives."""
+    return epath.Path(step_dir) / MANIFEST_DIR / MANIFEST_NAME
+
+
+def _step_of(step_dir: epath.Path) -> int | None:
+    try:
+        return int(step_dir.name)
+    except ValueError:
+        return None
+
+
+def _files(step_dir: epath.Path) -> list[str]:
+    """Relative paths of the files under `step_dir`, the manifest excepted."""
+    skip = {
+        f"{MANIFEST_DIR}/{MANIFEST_NAME}",
+        f"{MANIFEST_DIR}/{MANIFEST_NAME}{_TMP_SUFFIX}",
+    }
+    out = []
+    pending = [step_dir]
+    while pending:
+        current = pending.pop()
+        for child in current.iterdir():
+            if child.is_dir():
+                pending.append(child)
+                continue
+            relative = str(child.relative_to(step_dir))
+            if relative not in skip:
+                out.append(relative)
+    return sorted(out)
+
+
+def checksum(path: epath.PathLike) -> tuple[int, str]:
+    """(size in bytes, CRC-32 as 8 hex digits) of one file, streamed."""
+    crc, size = 0, 0
+    with epath.Path(path).open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    return size, f"{crc & 0xFFFFFFFF:08x}"
+
+
+def write(step_dir: epath.PathLike) -> epath.Path:
+    """Writes the manifest of a committed step (process 0, once).
+
+    Args:
+        step_dir: The committed step directory.
+
+    Returns:
+        The manifest's path.
+
+    Raises:
+        OSError: If the files cannot be read or the manifest written (e.g. disk
+            full); the step then stays committed and reads as "unverified".
+    """
+    step_dir = epath.Path(step_dir)
+    start = time.monotonic()
+    files, total = {}, 0
+    for relative in _files(step_dir):
+        size, crc = checksum(step_dir / relative)
+        files[relative] = {"size": size, "crc32": crc}
+        total += size
+    document = {
+        "format": MANIFEST_FORMAT,
+        "step": _step_of(step_dir),
+        "algorithm": "crc32",
+        "files": files,
+    }
+    target = manifest_path(step_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / (MANIFEST_NAME + _TMP_SUFFIX)
+    tmp.write_text(json.dumps(document, indent=1, sort_keys=True))
+    tmp.rename(target)  # Atomic on POSIX file systems: whole or absent.
+    logging.info(
+        "checkpointing: manifest of %s: %d files, %d bytes checksummed in %.3fs",
+        step_dir,
+        len(files),
+        total,
+        time.monotonic() - start,
+    )
+    return target
+
+
+def verify(step_dir: epath.PathLike) -> Verdict:
+    """Checks a step directory against its manifest (see the module doc).
+
+    Sizes are compared first; checksums are computed only for files whose size
+    matches. Never raises for damage: the `Verdict` says what is wrong.
+    """
+    step_dir = epath.Path(step_dir)
+    step = _step_of(step_dir)
+    target = manifest_path(step_dir)
+    if not target.exists():
+        return Verdict(step, "unverified", (f"no manifest ({MANIFEST_DIR}/{MANIFEST_NAME})",))
+    try:
+        document = json.loads(target.read_text())
+        listed = document["files"]
+        if not isinstance(listed, dict):
+            raise TypeError(f"files is a {type(listed).__name__}")
+        entries = {name: (int(e["size"]), str(e["crc32"])) for name, e in listed.items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        return Verdict(
+            step, "damaged", (f"{MANIFEST_DIR}/{MANIFEST_NAME}: unreadable manifest ({e})",)
+        )
+    problems = []
+    for name, (size, crc) in sorted(entries.items()):
+        path = step_dir / name
+        if not path.exists():
+            problems.append(f"{name}: missing (expected {size} bytes, crc32 {crc})")
+            continue
+        found_size = path.stat().length
+        if found_size != size:
+            problems.append(f"{name}: size {size} bytes expected, {found_size} found")
+            continue
+        _, found_crc = checksum(path)
+        if found_crc != crc:
+            problems.append(f"{name}: crc32 {crc} expected, {found_crc} found")
+    if problems:
+        return Verdict(step, "damaged", tuple(problems), len(entries))
+    return Verdict(step, "ok", (), len(entries))
+
+
+def report(verdict: Verdict, step_dir: epath.PathLike) -> None:
+    """Logs a verdict: an error per damaged file, a warning if unverified."""
+    if verdict.status == "damaged":
+        for problem in verdict.problems:
+            logging.error(
+                "checkpointing: step %s in %s is DAMAGED: %s", verdict.step, step_dir, problem
+            )
+    elif verdict.status == "unverified":
+        logging.warning(
+            "checkpointing: step %s in %s is unverified (%s); restoring it unchecked",
+            verdict.step,
+            step_dir,
+            "; ".join(verdict.problems),
+        )
