@@ -33,9 +33,19 @@ def reference(tmp_path_factory):
     return finals(workdir)[0]["weights_sha256"]
 
 
+def _wait_for_log(workdir, text, timeout=120):
+    deadline = time.monotonic() + timeout
+    log = workdir / "logs" / "process_1.log"
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} not logged in {timeout}s")
+
+
 @pytest.mark.parametrize(
     "targets,when",
-    [("one", "start-up"), ("one", "mid-run"), ("all", "mid-run")],
+    [("one", "compilation"), ("one", "mid-run"), ("all", "mid-run")],
 )
 def test_sigterm_saves_agreed_step_and_relaunch_loses_nothing(reference, tmp_path, targets, when):
     workdir = tmp_path / "run"
@@ -43,8 +53,9 @@ def test_sigterm_saves_agreed_step_and_relaunch_loses_nothing(reference, tmp_pat
         2, 2, *ARGS, "--config.trainer.log_every=1", f"--workdir={workdir}", log_dir=tmp_path
     )
     try:
-        if when == "start-up":
-            time.sleep(1.0)  # JAX initialising, the model compiling.
+        if when == "compilation":
+            # Every process has joined (the topology line), before the first step.
+            _wait_for_log(workdir, "cpu devices")
         else:
             wait_for_step(workdir, 10)
         for p in procs if targets == "all" else procs[1:]:
