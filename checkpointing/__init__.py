@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "OrbaxCheckpoint": "checkpointing.callback",
     "CheckpointCorruptError": "checkpointing.manifest",
+    "CheckpointMismatchError": "checkpointing.restoring",
     "CheckpointWriteError": "checkpointing.coordination",
     "PeerFailedError": "checkpointing.coordination",
     "Progress": "checkpointing.metadata",
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # For type checkers and IDEs; at run time, see __getattr__.
     from checkpointing.manifest import CheckpointCorruptError  # noqa: F401
     from checkpointing.metadata import Progress, StepRecord, Topology, Versions  # noqa: F401
     from checkpointing.restoring import (  # noqa: F401
+        CheckpointMismatchError,
         Restored,
         StepInfo,
         list_steps,

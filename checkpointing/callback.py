@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
+from absl import logging
 from keras.src.callbacks.monitor_callback import MonitorCallback
 from keras.src.saving import saving_lib
 from keras.src.utils import io_utils
@@ -33,6 +34,9 @@ def _positive_int_or_none(name: str, value: Any) -> None:
 def _bool(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False. Received: {name}={value!r}")
+
+
+ON_WRITE_ERROR = ("raise", "warn")
 
 
 def _scalar_logs(logs: Mapping[str, Any] | None) -> dict[str, float]:
@@ -63,7 +67,8 @@ class OrbaxCheckpoint(MonitorCallback):
       being written, `fit` waits for it (queue depth 1: no save is dropped).
     - A failed write raises `CheckpointWriteError` in the training thread (the
       next batch end with one process; the next save or the end of training,
-      on every process, with several). Never swallowed.
+      on every process, with several). With `on_write_error="warn"` it is
+      logged and warned about instead, and training goes on (see below).
     - Each step also stores progress, the data position, the best value so
       far, user metadata, the topology and library versions (see
       `layout.py`). A new callback on a directory with steps resumes `best`.
@@ -106,6 +111,25 @@ class OrbaxCheckpoint(MonitorCallback):
         barrier_timeout_s: Timeout of every barrier and cross-process wait.
         snapshot: "auto" (device copy if it fits, else host), "device" or
             "host".
+        on_write_error: What a failed write (disk full, permission denied,
+            ...) does. "raise" (default): `CheckpointWriteError` in the
+            training thread, on every process, and `fit` stops; committed
+            steps are untouched. "warn": the failure is logged
+            (`absl.logging.warning`) and warned about (`warnings.warn`, at the
+            next batch end, save or end of training) naming the step and the
+            error; that step is not committed, committed steps are untouched,
+            training goes on and the next due save is attempted as usual (the
+            final save of `on_train_end` too, even at the failed step). The
+            failed steps are listed in `failed_steps`. With several processes,
+            "warn" expects every process to see the failure (a shared file
+            system that is full or read-only fails everywhere): a failure on
+            one process only is not published to the others, whose barriers
+            in that save then time out (`barrier_timeout_s`, or Orbax's own
+            300 s coordination timeout) and fail there, so that they warn and
+            go on too, late. Not tested with several processes.
+            Either way, when Orbax could not create a step directory, some of
+            its threads wait for it up to Orbax's 300 s coordination timeout,
+            and a normal interpreter exit waits for them.
 
     Raises:
         ValueError: For an invalid argument (the message echoes it).
@@ -131,6 +155,7 @@ class OrbaxCheckpoint(MonitorCallback):
         metadata: dict | None = None,
         barrier_timeout_s: float = 300.0,
         snapshot: writer.SnapshotMode = "auto",
+        on_write_error: str = "raise",
     ):
         if not isinstance(directory, str) and not hasattr(directory, "__fspath__"):
             raise ValueError(f"directory must be a path. Received: directory={directory!r}")
@@ -187,6 +212,11 @@ class OrbaxCheckpoint(MonitorCallback):
             raise ValueError(
                 f"snapshot must be one of {writer.SNAPSHOT_MODES}. Received: snapshot={snapshot!r}"
             )
+        if on_write_error not in ON_WRITE_ERROR:
+            raise ValueError(
+                f"on_write_error must be one of {ON_WRITE_ERROR}. "
+                f"Received: on_write_error={on_write_error!r}"
+            )
         super().__init__(monitor, mode, initial_value_threshold)
         self.directory = layout.root(directory)
         self.verbose = verbose
@@ -202,6 +232,12 @@ class OrbaxCheckpoint(MonitorCallback):
         self.metadata = dict(metadata or {})
         self.barrier_timeout_s = float(barrier_timeout_s)
         self.snapshot = snapshot
+        self.on_write_error = on_write_error
+        # Steps whose write failed with on_write_error="warn" (appended on the
+        # writer thread); `_warned` of them have been warned about.
+        self.failed_steps: list[int] = []
+        self._errors: dict[int, BaseException] = {}
+        self._warned = 0
         self.checkpointer: ocp.training.Checkpointer | None = None
         self._instance = next_instance()
         self._runs = 0
@@ -220,21 +256,7 @@ class OrbaxCheckpoint(MonitorCallback):
         if coordinator.multiprocess:
             enable_orbax_coordination_barriers()
         self._say = io_utils.print_msg if self.verbose and coordinator.process_index == 0 else None
-        self.checkpointer = ocp.training.Checkpointer(
-            self.directory,
-            context=layout.orbax_context(
-                barrier_timeout_s=self.barrier_timeout_s,
-                barrier_prefix=f"{layout.BARRIER_PREFIX}{self._instance}",
-            ),
-            preservation_policy=retention.preservation_policy(
-                max_to_keep=self.max_to_keep,
-                keep_best=self.keep_best,
-                keep_period=self.keep_period,
-                monitor=self.monitor,
-                minimize=self.monitor_op is not keras.ops.greater,
-            ),
-            save_decision_policy=ocp.training.save_decision_policies.FixedIntervalPolicy(1),
-        )
+        self.checkpointer = self._new_checkpointer()
         latest = self.checkpointer.latest
         self._last_saved_step = None if latest is None else latest.step
         self._global_step = int(model.optimizer.iterations)
@@ -273,6 +295,7 @@ class OrbaxCheckpoint(MonitorCallback):
             # With several processes, failures surface at the next save or at
             # the end, where all processes check them together.
             self._writer.raise_if_failed()
+        self._warn_failures()
         if self.save_freq != "epoch" and (
             self._global_step // self.save_freq > (self._global_step - added) // self.save_freq
         ):
@@ -282,6 +305,7 @@ class OrbaxCheckpoint(MonitorCallback):
         self._epoch_done = True
         if not self._coordinator.multiprocess:
             self._writer.raise_if_failed()
+        self._warn_failures()
         if self.save_freq == "epoch":
             self._save(logs)
 
@@ -290,15 +314,34 @@ class OrbaxCheckpoint(MonitorCallback):
         if not self.save_best_only:
             self._save(logs, final=True)
         self._writer.wait()
+        self._warn_failures()
         step = self._last_saved_step if self._last_saved_step is not None else -1
         self._coordinator.barrier(f"train_end_{self._instance}_{self._runs}", step)
         self._coordinator.raise_if_peer_failed()
         self.checkpointer.close()
 
+    def _new_checkpointer(self) -> ocp.training.Checkpointer:
+        return ocp.training.Checkpointer(
+            self.directory,
+            context=layout.orbax_context(
+                barrier_timeout_s=self.barrier_timeout_s,
+                barrier_prefix=f"{layout.BARRIER_PREFIX}{self._instance}",
+            ),
+            preservation_policy=retention.preservation_policy(
+                max_to_keep=self.max_to_keep,
+                keep_best=self.keep_best,
+                keep_period=self.keep_period,
+                monitor=self.monitor,
+                minimize=self.monitor_op is not keras.ops.greater,
+            ),
+            save_decision_policy=ocp.training.save_decision_policies.FixedIntervalPolicy(1),
+        )
+
     def wait_until_finished(self) -> None:
         """Blocks until the write in flight is durable; raises its failure."""
         if self._writer is not None:
             self._writer.wait()
+            self._warn_failures()
 
     # -- saving --------------------------------------------------------------
 
@@ -324,11 +367,12 @@ class OrbaxCheckpoint(MonitorCallback):
 
     def _save(self, logs: Mapping[str, Any] | None, final: bool = False) -> None:
         self._writer.wait()  # Queue depth 1; raises earlier failures everywhere.
+        self._warn_failures()
         model = self.model  # Syncs the JAX state into the variables.
         step = int(model.optimizer.iterations)
         self._global_step = step
-        if step == self._last_saved_step:
-            return
+        if step == self._last_saved_step and step not in self.failed_steps:
+            return  # Saved already (a failed save, with "warn", is retried).
         if any(c.step == step for c in self.checkpointer.checkpoints):
             # Committed steps are never overwritten (retention alone deletes).
             warnings.warn(
@@ -379,11 +423,59 @@ class OrbaxCheckpoint(MonitorCallback):
         if self._config_json is not None:
             payload[layout.MODEL_CONFIG] = {"config": self._config_json}
         self._last_saved_step = step
-        self._writer.submit(step, lambda: self._write(step, payload, metrics))
+        self._writer.submit(step, lambda: self._write_or_warn(step, payload, metrics))
         if self._say is not None:
             self._say(f"\nOrbaxCheckpoint: saving step {step} to {self.directory}")
         if not self.save_on_background:
             self._writer.wait()
+
+    def _write_or_warn(self, step: int, payload: dict, metrics: dict[str, float]) -> None:
+        """`_write`; with on_write_error="warn", logs and records a failure.
+
+        Runs on the writer thread. An error caught here never reaches the
+        `BackgroundWriter`, so it is neither re-raised nor published to peers.
+        """
+        if self.on_write_error == "raise":
+            self._write(step, payload, metrics)
+            return
+        try:
+            self._write(step, payload, metrics)
+        except Exception as e:  # noqa: BLE001 - on_write_error="warn": reported, not raised.
+            logging.warning(
+                "checkpointing: writing step %d to %s failed on process %d; not committed, "
+                "training goes on and the next save retries (on_write_error='warn'): %r",
+                step,
+                self.directory,
+                self._coordinator.process_index,
+                e,
+                exc_info=True,
+            )
+            self._errors[step] = e
+            self.failed_steps.append(step)
+            # Orbax's checkpointer keeps a failed save's error and raises it
+            # again at its next save: go on with a fresh one (the old one is
+            # dropped, not closed: closing waits for its stuck background work).
+            try:
+                self.checkpointer = self._new_checkpointer()
+            except Exception as rebuild_error:  # noqa: BLE001 - the next save retries.
+                logging.warning(
+                    "checkpointing: could not reopen %s: %r", self.directory, rebuild_error
+                )
+
+    def _warn_failures(self) -> None:
+        """Warns, in the training thread, about writes failed since the last call."""
+        while self._warned < len(self.failed_steps):
+            step = self.failed_steps[self._warned]
+            self._warned += 1
+            warnings.warn(
+                f"OrbaxCheckpoint: writing checkpoint step {step} to {self.directory} failed "
+                f"on process {self._coordinator.process_index}: {self._errors.get(step)!r}. "
+                "The step is not committed (or, if only its manifest failed, unverified); "
+                "earlier steps are untouched; training goes on and the next save retries "
+                "(on_write_error='warn').",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def _write(self, step: int, payload: dict, metrics: dict[str, float]) -> None:
         """The whole save and commit; runs on the writer thread."""

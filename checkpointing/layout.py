@@ -42,7 +42,10 @@ _ORBAX_STEP_METADATA = "_CHECKPOINT_METADATA"
 
 
 def orbax_context(
-    *, barrier_timeout_s: float = 300.0, barrier_prefix: str = BARRIER_PREFIX
+    *,
+    barrier_timeout_s: float = 300.0,
+    barrier_prefix: str = BARRIER_PREFIX,
+    compression: bool = False,
 ) -> ocp.Context:
     """The Orbax context every save and load of this package runs under.
 
@@ -50,6 +53,12 @@ def orbax_context(
         barrier_timeout_s: Timeout of Orbax's background barriers (commit).
         barrier_prefix: Prefix of Orbax's barrier keys; one per checkpointer,
             so that two checkpointers' barriers never meet.
+        compression: Whether arrays are written zstd-compressed (Orbax's
+            default). Off by default: trained float weights and optimizer
+            moments shrink by under 10% while compression costs CPU on the
+            write and decompression on every restore (see
+            docs/benchmarks.md). Readers need no setting: each array's codecs
+            are stored with it, so compressed and uncompressed steps load alike.
 
     Returns:
         An `ocp.Context` that stores the `podfit` record as a plain JSON file.
@@ -61,6 +70,7 @@ def orbax_context(
     context.checkpointables.registry = registry
     context.asynchronous.timeout_secs = max(1, int(round(barrier_timeout_s)))
     context.multiprocessing.barrier_sync_key_prefix = barrier_prefix
+    context.array.saving.use_compression = compression
     return context
 
 

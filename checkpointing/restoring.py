@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime
 from collections.abc import Mapping
@@ -81,26 +82,55 @@ def _strip_first(path: str) -> str:
     return path.split("/", 1)[-1]
 
 
-def _match(group: str, saved_paths: list[str], variables: list, where: epath.Path) -> dict:
-    """Saved path -> model variable, by path.
+# How many mismatched variables a CheckpointMismatchError names before "and N more".
+_MAX_LISTED = 10
 
-    Optimizer variables are also matched without the optimizer's own name,
-    which Keras makes unique per process ("adam", "adam_1", ...).
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint written by a different model: variables differ in shape or presence.
+
+    Raised by `restore`/`restore_latest` (on every process) after comparing
+    every variable, not at the first difference.
+
+    Attributes:
+        mismatches: One entry per differing variable,
+            `"<group>/<path> saved shape <s> vs model shape <m>"` (`missing`
+            for a side that lacks the variable).
+    """
+
+    def __init__(self, where: epath.Path, mismatches: list[str], model_name: str):
+        listed = "; ".join(mismatches[:_MAX_LISTED])
+        if len(mismatches) > _MAX_LISTED:
+            listed += f"; and {len(mismatches) - _MAX_LISTED} more"
+        super().__init__(
+            f"checkpoint {where} is from a different model: {len(mismatches)} variable(s) "
+            f"differ in shape or presence: {listed}. Received: model={model_name!r}"
+        )
+        self.mismatches = list(mismatches)
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in value.shape)
+
+
+def _match(group: str, saved_paths: list[str], variables: list) -> tuple[dict, list, list]:
+    """(saved path -> model variable, saved paths the model lacks, model variables not saved).
+
+    Matched by path. Optimizer variables are also matched without the
+    optimizer's own name, which Keras makes unique per process ("adam",
+    "adam_1", ...).
     """
     by_path = {v.path: v for v in variables}
-    if all(p in by_path for p in saved_paths):
-        return {p: by_path[p] for p in saved_paths}
-    if group == "optimizer_variables":
+    key = str  # The path itself.
+    if group == "optimizer_variables" and not all(p in by_path for p in saved_paths):
         by_suffix = {_strip_first(v.path): v for v in variables}
-        if len(by_suffix) == len(variables) and all(
-            _strip_first(p) in by_suffix for p in saved_paths
-        ):
-            return {p: by_suffix[_strip_first(p)] for p in saved_paths}
-    missing = sorted(p for p in saved_paths if p not in by_path)
-    raise ValueError(
-        f"the model has no {group} for {len(missing)} path(s) saved in {where}, "
-        f"e.g. {missing[:3]}. Received: model {group} {sorted(by_path)[:3]}..."
-    )
+        if len(by_suffix) == len(variables):
+            by_path, key = by_suffix, _strip_first
+    matched = {p: by_path[key(p)] for p in saved_paths if key(p) in by_path}
+    missing = [p for p in saved_paths if key(p) not in by_path]
+    used = {id(v) for v in matched.values()}
+    unsaved = [v for v in variables if id(v) not in used]
+    return matched, missing, unsaved
 
 
 def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,39 +145,57 @@ def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _targets(model: keras.Model, saved: Mapping[str, Any], where: epath.Path):
-    """(abstract tree in the saved structure, {group: {path: variable}})."""
+    """(abstract tree in the saved structure, {group: {path: variable}}).
+
+    Raises:
+        CheckpointMismatchError: Listing every variable whose shape differs
+            or that only one side has.
+    """
     groups = _groups(model)
-    abstract, matched = {}, {}
-    for group, tree in saved.items():
+    abstract, matched, mismatches = {}, {}, []
+    for group in saved:
         if group not in groups:
             raise ValueError(f"unknown variable group in {where}. Received: {group!r}")
-        flat_saved = flatten_with_paths(tree)
+    # Only the groups the step holds are compared (save_weights_only: no optimizer_variables).
+    for group in (g for g in groups if g in saved):
+        variables = groups[group]
+        flat_saved = flatten_with_paths(saved[group])
         if group == "metrics_variables":
             # Compiled metrics get their variables on the first fit/evaluate;
             # they are running averages reset each epoch, so a fresh model may
             # lack some. Restore those it has.
-            known = {v.path for v in groups[group]}
+            known = {v.path for v in variables}
             skipped = sorted(p for p in flat_saved if p not in known)
             if skipped:
                 logging.info("restore: model has no metric variables %s yet; skipped", skipped)
             flat_saved = {p: m for p, m in flat_saved.items() if p in known}
             if not flat_saved:
                 continue
-        matched[group] = _match(group, list(flat_saved), groups[group], where)
+        found, missing, unsaved = _match(group, list(flat_saved), variables)
+        mismatches += [
+            f"{group}/{p} saved shape {_shape(flat_saved[p])} vs model: missing" for p in missing
+        ]
+        if group != "metrics_variables":
+            mismatches += [
+                f"{group}/{v.path} saved: missing vs model shape {_shape(v)}" for v in unsaved
+            ]
         flat_abstract = {}
-        for path, variable in matched[group].items():
+        for path, variable in found.items():
             meta, value = flat_saved[path], variable.value
-            if tuple(meta.shape) != tuple(value.shape):
-                raise ValueError(
-                    f"{group}/{path} in {where} has shape {tuple(meta.shape)}. "
-                    f"Received: model variable of shape {tuple(value.shape)}"
+            if _shape(meta) != _shape(value):
+                mismatches.append(
+                    f"{group}/{path} saved shape {_shape(meta)} vs model shape {_shape(value)}"
                 )
+                continue
             # The target sharding is the variable's current one: Orbax reads
             # only the shards this process holds, whatever layout wrote them.
             flat_abstract[path] = jax.ShapeDtypeStruct(
                 value.shape, value.dtype, sharding=getattr(value, "sharding", None)
             )
+        matched[group] = found
         abstract[group] = _unflatten(flat_abstract)
+    if mismatches:
+        raise CheckpointMismatchError(where, mismatches, model.name)
     return abstract, matched
 
 
@@ -179,18 +227,34 @@ def restore(
 
     Raises:
         CheckpointCorruptError: If the step fails verification (a ValueError).
-        ValueError: If `step` is not committed, or the model does not match.
+        CheckpointMismatchError: If the step was written by a different model
+            (a ValueError listing every differing variable with both shapes).
+        ValueError: If `step` is not committed.
     """
     path = layout.step_path(directory, step)
     _prepare(model)
-    if verify:
-        verdict = manifest.verify(path)
-        manifest.report(verdict, path)
-        if not verdict.usable:
-            raise CheckpointCorruptError(
-                f"step {step} of {directory} is damaged: {'; '.join(verdict.problems)}. "
-                f"Received: step={step}"
-            )
+    if not verify:
+        return _apply(step, *_read(path, model))
+    # The manifest check and the read run at once (both mostly wait on the
+    # disk or run outside the GIL; the page cache serves the second reader),
+    # and the model is assigned only once the check passed.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="podfit-verify") as pool:
+        checking = pool.submit(manifest.verify, path)
+        read, error = _try_read(path, model)
+        verdict = checking.result()
+    manifest.report(verdict, path)
+    if not verdict.usable:
+        raise CheckpointCorruptError(
+            f"step {step} of {directory} is damaged: {'; '.join(verdict.problems)}. "
+            f"Received: step={step}"
+        ) from error
+    if error is not None:
+        raise error
+    return _apply(step, *read)
+
+
+def _read(path: epath.Path, model: keras.Model) -> tuple[dict, dict]:
+    """(what Orbax loaded, {group: {saved path: variable}}); the model is untouched."""
     names = layout.saved_checkpointables(path)
     with layout.orbax_context():
         saved = ocp.metadata(path, checkpointable_name=layout.PYTREE).metadata
@@ -203,6 +267,19 @@ def restore(
     context.pytree.loading.partial_load = True
     with context:
         loaded = ocp.load_checkpointables(path, request)
+    return loaded, matched
+
+
+def _try_read(path: epath.Path, model: keras.Model) -> tuple[tuple | None, Exception | None]:
+    """`_read`, with its error returned instead of raised (decided on after the check)."""
+    try:
+        return _read(path, model), None
+    except Exception as e:  # noqa: BLE001 - re-raised by the caller unless the step is damaged.
+        return None, e
+
+
+def _apply(step: int, loaded: dict, matched: dict) -> Restored:
+    """Assigns what `_read` loaded to the model's variables."""
     for group, variables in matched.items():
         values = flatten_with_paths(loaded[layout.PYTREE][group])
         for saved_path, variable in variables.items():
@@ -232,7 +309,9 @@ def restore_latest(
     a damaged step is logged loudly (absl error naming the step, the file,
     expected vs found) and skipped for the previous one; a step without a
     manifest is used with a warning. Every process restores the step process
-    0 chose.
+    0 chose. Meanwhile every process already reads the latest step (verifying
+    and reading at once); the model is assigned only after the choice, and
+    what was read is dropped if process 0 chose an earlier step.
 
     Args:
         directory: The checkpoint root (need not exist).
@@ -245,9 +324,21 @@ def restore_latest(
     Raises:
         CheckpointCorruptError: If there are committed steps but none verifies
             (on every process).
+        CheckpointMismatchError: If the chosen step was written by a different
+            model (on every process).
     """
     coordinator = Coordinator.create(str(directory), next_instance(), 0, timeout_s)
-    choice = _choose(directory) if coordinator.process_index == 0 else ""
+    steps = layout.committed_steps(directory)
+    latest = steps[-1] if steps else None
+    read, error = None, None
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="podfit-verify") as pool:
+        choosing = pool.submit(_choose, directory) if coordinator.process_index == 0 else None
+        if latest is not None:
+            # Read the latest step while process 0 verifies it: usually it is
+            # the one chosen, and the read costs no extra time.
+            _prepare(model)
+            read, error = _try_read(epath.Path(latest.path), model)
+        choice = "" if choosing is None else choosing.result()
     # Every process must restore the same step: process 0 decides.
     choice = coordinator.share("restore_latest", 0, choice)
     if choice == "none":
@@ -257,6 +348,11 @@ def restore_latest(
             f"no usable step in {directory}: every committed step is damaged "
             f"({choice.removeprefix('damaged:')}). Received: directory={directory}"
         )
+    if latest is not None and int(choice) == latest.step:
+        if error is not None:
+            raise error
+        return _apply(latest.step, *read)
+    del read  # The latest step was damaged: drop what was read of it.
     return restore(directory, model, int(choice), verify=False)
 
 

@@ -90,6 +90,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Steps that are a multiple of this are kept for good (0: none).
     config.checkpoint.keep_period = 0
     config.checkpoint.barrier_timeout_s = 300.0
+    # A failed save (disk full, permission denied): 'raise' stops the run on
+    # every process; 'warn' logs a warning, goes on and retries at the next save.
+    config.checkpoint.on_write_error = "raise"
     return config
 
 

@@ -18,6 +18,8 @@ BATCH_AXIS = "data"
 SECTIONS = ("mesh", "data", "model", "optimizer", "trainer", "checkpoint")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 COMMON_DATA_KEYS = ("name", "global_batch_size", "seed")
+# checkpointing.callback.ON_WRITE_ERROR (not imported: no JAX here).
+ON_WRITE_ERROR = ("raise", "warn")
 
 
 class ConfigError(ValueError):
@@ -219,6 +221,10 @@ def _check_values(cfg: dict, mesh_shape: tuple[int, ...] | None, num_processes: 
     _positive("checkpoint.keep_best", ck["keep_best"], allow_zero=True)
     _positive("checkpoint.keep_period", ck["keep_period"], allow_zero=True)
     _positive("checkpoint.barrier_timeout_s", ck["barrier_timeout_s"])
+    if ck["on_write_error"] not in ON_WRITE_ERROR:
+        raise ConfigError(
+            "checkpoint.on_write_error", "expected 'raise' or 'warn'.", ck["on_write_error"]
+        )
     if ck["mode"] not in ("auto", "min", "max"):
         raise ConfigError("checkpoint.mode", "expected 'auto', 'min' or 'max'.", ck["mode"])
     if (ck["save_best_only"] or ck["keep_best"]) and not ck["monitor"]:

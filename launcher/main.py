@@ -5,8 +5,10 @@
 Local multi-process simulation adds --coordinator_address, --num_processes,
 --process_id and --num_cpu_devices (scripts/simulate.py sets them). With none
 of them, Cloud TPU pods and clusters JAX knows are detected; otherwise one
-process runs alone. Exit codes: 0 done, 2 bad flags or config (one line on
-stderr), anything else a failure (see the process' log).
+process runs alone. Exit codes: 0 done, 2 bad flags or config, or a workdir
+holding another model's checkpoint (one line on stderr), 75 preempted
+(SIGTERM, also while joining: relaunch to resume), anything else a failure
+(see the process' log).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from configs.validation import ConfigError, validate  # noqa: E402
-from launcher import distributed, logs  # noqa: E402
+from launcher import allocator, distributed, logs  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/lm.py or configs/lm.py:tiny."
@@ -100,6 +102,7 @@ def _writable_workdir(workdir: str | None) -> Path:
 
 
 def main(argv: list[str]) -> None:
+    memory = allocator.keep_freed_memory()  # Before any large buffer exists.
     if len(argv) > 1:
         _usage_exit(f"unexpected positional arguments. Received: {argv[1:]}")
     config = _CONFIG.value
@@ -131,8 +134,9 @@ def main(argv: list[str]) -> None:
         distributed.check_same_config(config.to_dict(), _HEARTBEAT_TIMEOUT.value)
     except (ConfigError, distributed.UsageError) as e:
         _usage_exit(str(e))
-    logging.info("%s; log file %s", distributed.topology_line(), log_path)
+    logging.info("%s; log file %s; %s", distributed.topology_line(), log_path, memory)
 
+    from checkpointing import CheckpointMismatchError  # noqa: PLC0415
     from trainer.preemption import EXIT_PREEMPTED, Preempted  # noqa: PLC0415
     from trainer.train import train  # noqa: PLC0415  (imports Keras with the JAX backend)
 
@@ -141,6 +145,14 @@ def main(argv: list[str]) -> None:
     except Preempted as e:
         logging.warning("%s; relaunch the same command to resume", e)
         sys.exit(EXIT_PREEMPTED)
+    except (CheckpointMismatchError, ConfigError) as e:
+        # Bad input found once data or checkpoints are read (a split too small
+        # for the config, another model's checkpoints), raised on every
+        # process: one line, exit 2, without JAX's exit-time barrier.
+        if logging.get_verbosity() >= 1:
+            logging.exception("bad input on process %d", jax.process_index())
+        print(f"launcher: {e}", file=sys.stderr)
+        _exit_now(EXIT_USAGE)
     except Exception:  # Logged, then the process leaves at once (below).
         logging.exception("training failed on process %d", jax.process_index())
         _exit_now(EXIT_FAILURE)

@@ -58,6 +58,7 @@ _PROCESSES = flags.DEFINE_list(
 _MP_MILLIONS = flags.DEFINE_float("mp_param_millions", 4.0, "Params per process, millions.")
 _MP_SAVE_EVERY = flags.DEFINE_integer("mp_save_every", 20, "Multi-process: steps between saves.")
 _MP_SAVES = flags.DEFINE_integer("mp_saves", 2, "Multi-process: saves per fit.")
+_MP_ROUNDS = flags.DEFINE_integer("mp_rounds", 3, "Multi-process: rounds per process count.")
 _VARIANTS = flags.DEFINE_list("variants", [], "Variants to run (default: all).")
 _QUICK = flags.DEFINE_bool("quick", False, "Small sizes, few rounds: a ~1 minute smoke run.")
 _OUT = flags.DEFINE_string("out", os.path.join(REPO_ROOT, "docs"), "Folder for benchmarks.json.")
@@ -73,6 +74,12 @@ _FROM_JSON = flags.DEFINE_string(
     "from_json", "", "Measure nothing: summarize and render an earlier run's benchmarks.json."
 )
 _NOTE = flags.DEFINE_string("note", "", "Free text stored with the run (e.g. concurrent load).")
+_KEEP_FREED = flags.DEFINE_bool(
+    "keep_freed_memory",
+    True,
+    "Apply the launcher's allocator setting (launcher/allocator.py) to this process and the "
+    "multi-process workers, as `python -m launcher.main` does; every variant runs under it.",
+)
 
 _QUICK_VALUES = {
     "param_millions": 1.0,
@@ -86,6 +93,7 @@ _QUICK_VALUES = {
     "processes": [],
     "mp_param_millions": 0.5,
     "mp_save_every": 3,
+    "mp_rounds": 1,
 }
 
 
@@ -124,8 +132,9 @@ def _multiprocess(variants, scratch: str) -> dict:
     ]
     out = bench_multiproc.measure(
         counts, _MP_MILLIONS.value, names, depth=_DEPTH.value, batch_size=_BATCH.value,
-        saves=_MP_SAVES.value, save_every=_MP_SAVE_EVERY.value,
-        scratch=os.path.join(scratch, "multiprocess"), timeout_s=300,
+        saves=_MP_SAVES.value, save_every=_MP_SAVE_EVERY.value, rounds=_MP_ROUNDS.value,
+        keep_freed_memory=_KEEP_FREED.value,
+        scratch=os.path.join(scratch, "multiprocess"), timeout_s=300 * _MP_ROUNDS.value,
     )  # fmt: skip
     log(f"multi-process runs done: {sorted(out['runs'])}")
     return out
@@ -142,6 +151,11 @@ def main(argv) -> None:
     if _QUICK.value:
         _apply_quick()
     _validate()
+    memory = "allocator unchanged (--nokeep_freed_memory)"
+    if _KEEP_FREED.value:
+        from launcher import allocator
+
+        memory = allocator.keep_freed_memory()
     import bench_report
     from bench_core import build_model, make_data, model_spec
     from bench_phases import (
@@ -208,6 +222,7 @@ def main(argv) -> None:
         "rounds": [],
     }
     results["meta"]["note"] = _NOTE.value
+    results["meta"]["allocator"] = memory
     results["meta"]["command"] = shlex.join(["python", "scripts/bench.py", *sys.argv[1:]])
     results["meta"]["date"] = time.strftime("%Y-%m-%d %H:%M")
     try:
@@ -245,9 +260,12 @@ def _report(results: dict) -> None:
 
     results["summary"] = bench_report.summarize(results)
     os.makedirs(_OUT.value, exist_ok=True)
-    results["plot"] = bench_markdown.plot(
-        results["summary"], os.path.join(_OUT.value, "benchmarks.png")
-    )
+    png = os.path.join(_OUT.value, "benchmarks.png")
+    results["plot"] = bench_markdown.plot(results["summary"], png)
+    if os.path.exists(png) and results["plot"].startswith("`"):
+        # An image the page shows, linked relative to the page.
+        where = os.path.dirname(os.path.abspath(_DOC.value)) if _DOC.value else _OUT.value
+        results["plot"] = f"![per-save cost and growth]({os.path.relpath(png, where)})"
     json_path = os.path.join(_OUT.value, "benchmarks.json")
     with open(json_path, "w") as f:
         json.dump(results, f, indent=1, default=float)
@@ -263,7 +281,7 @@ def _flag_names() -> list[str]:
     return [
         "param_millions", "depth", "batch_size", "rounds", "wide_saves", "fast_saves",
         "spacing", "growth_millions", "growth_rounds", "overhead_steps", "overhead_rounds",
-        "variants", "quick", "processes", "mp_param_millions", "mp_save_every", "mp_saves",
+        "variants", "quick", "processes", "mp_param_millions", "mp_save_every", "mp_saves", "mp_rounds", "keep_freed_memory",
     ]  # fmt: skip
 
 

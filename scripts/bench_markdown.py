@@ -191,6 +191,8 @@ def markdown(results: dict) -> str:
         f"disk {meta['disk']} of {meta['disk_size_gib']} GiB, devices {meta['devices']}",
         f"- versions: python {meta['python']}, "
         + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        f"- host allocator (every variant, this process and the workers): "
+        f"{meta.get('allocator', 'not recorded')}",
         f"- load average at start {_load(meta['loadavg_start'])}, at end {_load(meta.get('loadavg_end') or os.getloadavg())}"
         + (f"; note: {meta['note']}" if meta.get("note") else "")
         + (
@@ -256,8 +258,9 @@ def markdown(results: dict) -> str:
         lines += [
             f"N processes on localhost (jax.distributed, gloo, one CPU device each), "
             f"{mp['param_millions_per_process']:g}M params per process, kernels split over the "
-            "N devices; one run per N. Blocked, lost and restore: the slowest process; save to "
-            "durable: process 0. The N processes share the machine's cores.",
+            f"N devices; {mp.get('rounds', 1)} round(s) per N, median over rounds of per-round "
+            "figures. Blocked, lost and restore: the slowest process; save to durable: "
+            "process 0. The N processes share the machine's cores.",
             "",
             *_multiprocess(s),
             "",
@@ -287,7 +290,7 @@ def write_doc(path: str, generated: str) -> None:
 
 
 def plot(summary: dict, path: str) -> str:
-    """Writes a PNG of blocked and lost time per save; returns what happened, in words."""
+    """Writes a PNG (per-save blocked and lost time; growth); returns what happened, in words."""
     try:
         import matplotlib
 
@@ -298,13 +301,38 @@ def plot(summary: dict, path: str) -> str:
     names = [n for n in summary["variants"] if n != "none"]
     blocked = [(summary["variants"][n]["wide"]["blocked_per_save_s"] or 0) * 1e3 for n in names]
     lost = [(summary["variants"][n]["wide"]["lost_per_save_s"] or 0) * 1e3 for n in names]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    growth = summary.get("growth") or []
+    fig, axes = plt.subplots(1, 2 if growth else 1, figsize=(13 if growth else 8, 4.5))
+    ax = axes[0] if growth else axes
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], blocked, 0.4, label="blocked / save")
     ax.bar([x + 0.2 for x in xs], lost, 0.4, label="fit time lost / save")
     ax.set_xticks(list(xs), names, rotation=20)
     ax.set_ylabel("ms (median over rounds)")
+    ax.set_title("Per save, saves wider than a write")
     ax.legend()
+    if growth:
+        ax = axes[1]
+        mib = [g["state_bytes"] / 2**20 for g in growth]
+        ax.plot(mib, [g["raw_write_s"] for g in growth], "k--", label="raw write + fsync")
+        ax.plot(mib, [g["raw_read_s"] for g in growth], "k:", label="raw read")
+        for name in ("podfit", "keras_orbax_bg"):
+            points = [(m, g[name]) for m, g in zip(mib, growth, strict=True) if g.get(name)]
+            if points:
+                ax.plot(
+                    [m for m, _ in points], [v["write_s"] for _, v in points], "o-",
+                    label=f"{name} save to durable",
+                )  # fmt: skip
+                ax.plot(
+                    [m for m, _ in points], [v["restore_s"] for _, v in points], "s-",
+                    label=f"{name} restore",
+                )  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("model state (MiB)")
+        ax.set_ylabel("s (median over rounds)")
+        ax.set_title("Growth with the state size")
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -6,7 +6,8 @@ free port), as scripts/simulate.py does for the launcher. Every worker builds
 the MLP under a ModelParallel mesh of the N devices, kernels split by column,
 so each process holds the same number of bytes whatever N is, then runs the
 same measured `fit` as the single-process rounds (bench_run.run_fit) for the
-no-checkpoint baseline and each checkpoint variant, and a restore.
+no-checkpoint baseline and each checkpoint variant, and a restore, `--rounds`
+times in an order rotated from round to round.
 
 The N processes share this machine's cores: with N above the core count the
 step time grows with N, so compare save and restore figures across N, not
@@ -36,13 +37,20 @@ def measure(
     batch_size: int,
     saves: int,
     save_every: int,
+    rounds: int = 1,
+    keep_freed_memory: bool = True,
     scratch: str,
     timeout_s: float,
 ) -> dict:
     """Runs the workers for every process count; returns their figures by count."""
     import portpicker
 
-    out = {"measured": True, "param_millions_per_process": param_millions_per_process, "runs": {}}
+    out = {
+        "measured": True,
+        "param_millions_per_process": param_millions_per_process,
+        "rounds": rounds,
+        "runs": {},
+    }
     for n in counts:
         port = portpicker.pick_unused_port()
         run_dir = os.path.join(scratch, f"mp{n}")
@@ -52,6 +60,7 @@ def measure(
             "KERAS_BACKEND": "jax",
             "JAX_PLATFORMS": "cpu",
             "JAX_NUM_CPU_DEVICES": "1",
+            "PODFIT_KEEP_FREED_MEMORY": "1" if keep_freed_memory else "0",
             "PYTHONPATH": os.pathsep.join([HERE, REPO_ROOT, os.environ.get("PYTHONPATH", "")]),
         }
         procs, logs = [], []
@@ -64,6 +73,7 @@ def measure(
                 f"--param_millions={param_millions_per_process * n}", f"--depth={depth}",
                 f"--batch_size={batch_size}", f"--saves={saves}", f"--save_every={save_every}",
                 f"--variants={','.join(variant_names)}", f"--directory={run_dir}",
+                f"--rounds={rounds}",
                 f"--out={os.path.join(run_dir, f'p{i}.json')}",
             ]  # fmt: skip
             procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
@@ -111,6 +121,9 @@ def _tail(path: str, n: int = 3000) -> str:
 
 
 def _worker(args) -> None:
+    from launcher import allocator  # Honours PODFIT_KEEP_FREED_MEMORY, set by the parent.
+
+    allocator.keep_freed_memory()
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -148,15 +161,18 @@ def _worker(args) -> None:
     with dist.scope():
         model = build_model(spec)
         model.fit(x, y, batch_size=spec.batch_size, verbose=0)  # Compiles.
-        for v in chosen:
-            directory = os.path.join(args.directory, v.name)
-            fit = run_fit(
-                v, model, x, y, steps=steps, save_freq=args.save_every, batch_size=spec.batch_size,
-                directory=directory,
-            )  # fmt: skip
-            if v.restore is not None:
-                fit["restore_s"] = measure_restore(v, directory, model)
-            results[v.name] = fit
+        for r in range(args.rounds):
+            # Every process runs the same order (they meet in collectives); the
+            # order rotates from round to round, as in the single-process rounds.
+            for v in chosen[r % len(chosen) :] + chosen[: r % len(chosen)]:
+                directory = os.path.join(args.directory, f"r{r}_{v.name}")
+                fit = run_fit(
+                    v, model, x, y, steps=steps, save_freq=args.save_every,
+                    batch_size=spec.batch_size, directory=directory,
+                )  # fmt: skip
+                if v.restore is not None:
+                    fit["restore_s"] = measure_restore(v, directory, model)
+                results.setdefault(v.name, []).append(fit)
     with open(args.out, "w") as f:
         json.dump(results, f)
 
@@ -167,7 +183,7 @@ def _parse(argv):
     for name, kind in [
         ("coordinator", str), ("num_processes", int), ("process_id", int),
         ("param_millions", float), ("depth", int), ("batch_size", int), ("saves", int), ("save_every", int),
-        ("variants", str), ("directory", str), ("out", str),
+        ("variants", str), ("directory", str), ("out", str), ("rounds", int),
     ]:  # fmt: skip
         p.add_argument(f"--{name}", type=kind, required=True)
     return p.parse_args(argv)

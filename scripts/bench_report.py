@@ -210,8 +210,16 @@ def _growth_row(g: dict) -> dict:
     return row
 
 
+def _rounds(figures) -> list[dict]:
+    """A worker's figures for one variant, one dict per round (older runs: one dict)."""
+    return figures if isinstance(figures, list) else [figures]
+
+
 def _multiprocess_rows(mp: dict) -> list[dict]:
-    """Per process count: the slowest process' blocked, lost and restore time; process 0's write."""
+    """Per process count: the slowest process' blocked, lost and restore time; process 0's write.
+
+    Each figure is computed per round, then the median over rounds is taken.
+    """
     rows = []
     for n, procs in sorted(mp.get("runs", {}).items(), key=lambda kv: int(kv[0])):
         if isinstance(procs, dict):
@@ -226,19 +234,27 @@ def _multiprocess_rows(mp: dict) -> list[dict]:
         for name in ("podfit", "keras_orbax_bg"):
             if name not in p0:
                 continue
-            figs, base = [p[name] for p in procs], [p["none"] for p in procs]
-            write = _med(figs[0]["write_s"])
+            per_round = []
+            for r in range(len(_rounds(p0[name]))):
+                figs = [_rounds(p[name])[r] for p in procs]
+                base = [_rounds(p["none"])[r] for p in procs]
+                write = _med(figs[0]["write_s"])
+                per_round.append({
+                    "saves_landed": figs[0]["saves_landed"],
+                    "blocked_per_save_s": max(_med(f["blocked_s"]) or 0.0 for f in figs),
+                    "lost_per_save_s": _div(
+                        max(f["fit_s"] for f in figs) - max(b["fit_s"] for b in base),
+                        figs[0]["saves_landed"],
+                    ),
+                    "write_s": write,
+                    "write_Bps": _div(figs[0]["ckpt_bytes"], write),
+                    "restore_s": max(f.get("restore_s") or 0.0 for f in figs),
+                })  # fmt: skip
             row[name] = {
-                "saves_landed": figs[0]["saves_landed"],
-                "blocked_per_save_s": max(_med(f["blocked_s"]) or 0.0 for f in figs),
-                "lost_per_save_s": _div(
-                    max(f["fit_s"] for f in figs) - max(b["fit_s"] for b in base),
-                    figs[0]["saves_landed"],
-                ),
-                "write_s": write,
-                "write_Bps": _div(figs[0]["ckpt_bytes"], write),
-                "restore_s": max(f.get("restore_s") or 0.0 for f in figs),
+                key: (min if key == "saves_landed" else _med)([x[key] for x in per_round])
+                for key in per_round[0]
             }
+            row[name]["rounds"] = len(per_round)
         rows.append(row)
     return rows
 

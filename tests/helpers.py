@@ -125,3 +125,48 @@ def wait_for_step(workdir: Path, step: int, timeout: float = 120) -> None:
                 return
         time.sleep(0.02)
     raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def start_one_launcher(
+    process_id: int, num_processes: int, devices: int, *args: str, port: int, log: Path
+) -> subprocess.Popen:
+    """Launcher process `process_id` of `num_processes` alone (its peers are up to the test).
+
+    stdout and stderr go to `log`.
+    """
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "launcher.main",
+                *args,
+                f"--num_cpu_devices={devices}",
+                f"--coordinator_address=localhost:{port}",
+                f"--num_processes={num_processes}",
+                f"--process_id={process_id}",
+            ],
+            cwd=REPO,
+            env=env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 60) -> None:
+    """Waits until the file at `path` contains `text`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} not in {path} after {timeout}s")
+
+
+def reference_sha256(workdir: Path, *args: str) -> str:
+    """Weights digest of an uninterrupted 2 x 2 simulated run of `args` (the reference)."""
+    r = simulate(2, 2, *args, f"--workdir={workdir}")
+    assert r.returncode == 0, r.stdout[-3000:]
+    return finals(workdir)[0]["weights_sha256"]

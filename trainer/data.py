@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import grain
 import numpy as np
 
+from configs.validation import ConfigError
 from trainer.mesh import DataShard
 
 
@@ -99,14 +100,15 @@ def load_splits(data_config) -> Splits:
         n_val = int(len(x) * data_config.validation_fraction)
         val, train = order[:n_val], order[n_val:]
         return Splits(train=_Arrays(x[train], y[train]), validation=_Arrays(x[val], y[val]))
-    raise ValueError(f"unknown data set. Received: data.name={data_config.name!r}")
+    raise ConfigError("data.name", "unknown data set.", data_config.name)
 
 
 def _local_batch(global_batch_size: int, shard: DataShard) -> int:
     if global_batch_size % shard.count:
-        raise ValueError(
-            f"data.global_batch_size must divide into {shard.count} process blocks. "
-            f"Received: data.global_batch_size={global_batch_size}"
+        raise ConfigError(
+            "data.global_batch_size",
+            f"must divide into {shard.count} process blocks.",
+            global_batch_size,
         )
     return global_batch_size // shard.count
 
@@ -137,8 +139,9 @@ def validation_dataset(
     )
     available = len(ds) // shard.count
     if num_steps > available:
-        raise ValueError(
-            f"trainer.validation_steps asks for more batches than the validation split holds "
-            f"({available}). Received: trainer.validation_steps={num_steps}"
+        raise ConfigError(
+            "trainer.validation_steps",
+            f"asks for more batches than the validation split holds ({available}).",
+            num_steps,
         )
     return ds[shard.index :: shard.count][:num_steps]

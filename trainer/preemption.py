@@ -55,6 +55,11 @@ class PreemptionWatch(keras.callbacks.Callback):
         # Read once; counted on the host afterwards (no device sync per step).
         self._step = int(self.model.optimizer.iterations.numpy())
 
+    def on_test_begin(self, logs=None):
+        # Validation inside `fit`: a SIGTERM now is acted on at the next
+        # training step's sync point (or, after the last epoch, by the end).
+        logging.info("validation begins after step %d", self._step)
+
     def on_train_batch_end(self, batch, logs=None):
         self._step += 1
         if self._multi:

@@ -62,6 +62,7 @@ def _checkpoint_callback(config, directory: Path, steps_per_epoch: int) -> keras
         data_state=lambda: position,
         metadata={"config": config.to_dict()},
         barrier_timeout_s=ck.barrier_timeout_s,
+        on_write_error=ck.on_write_error,
     )
 
 
@@ -89,9 +90,6 @@ def train(config, workdir: str | Path) -> TrainResult:
     mesh_shape = validation.validate(
         config, num_devices=jax.device_count(), num_processes=process_count
     )
-    if is_primary:
-        (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
-
     distribution = mesh.build_distribution(
         mesh_shape, config.mesh.axis_names, config.mesh.layout_rules
     )
@@ -116,6 +114,12 @@ def train(config, workdir: str | Path) -> TrainResult:
                     restored.progress.epoch,
                     restored.progress.step_in_epoch,
                 )
+        if is_primary:
+            # After the restore: a relaunch refused for another model's
+            # checkpoints (CheckpointMismatchError) leaves the file as it was.
+            (workdir / "config.json").write_text(
+                json.dumps(config.to_dict(), indent=2, default=str)
+            )
 
         callbacks = [
             preemption,

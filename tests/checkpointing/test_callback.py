@@ -191,6 +191,8 @@ def test_restore_errors(tmp_path):
         ({"keep_period": 1.5}, "keep_period"),
         ({"steps_per_epoch": 0}, "steps_per_epoch"),
         ({"snapshot": "disk"}, "snapshot"),
+        ({"on_write_error": "ignore"}, "on_write_error"),
+        ({"on_write_error": None}, "on_write_error"),
         ({"barrier_timeout_s": 0}, "barrier_timeout_s"),
         ({"metadata": {"f": object()}}, "metadata"),
         ({"metadata": [1]}, "metadata"),

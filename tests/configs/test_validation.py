@@ -132,6 +132,17 @@ def test_negative_or_zero_counts(section, key, value):
     _expect(c, f"{section}.{key}", str(value))
 
 
+def test_on_write_error():
+    c = _lm()
+    c.checkpoint.on_write_error = "warn"
+    validate(c)
+    c.checkpoint.on_write_error = "ignore"
+    _expect(c, "checkpoint.on_write_error", "'ignore'")
+    d = c.to_dict()  # A ConfigDict refuses the int itself.
+    d["checkpoint"]["on_write_error"] = 1
+    _expect(d, "checkpoint.on_write_error", "1")
+
+
 def test_save_freq():
     assert parse_save_freq("epoch") == "epoch"
     assert parse_save_freq("25") == 25

@@ -12,7 +12,14 @@ import time
 
 import pytest
 
-from tests.helpers import committed_steps, finals, simulate, start_launchers, wait_for_step
+from tests.helpers import (
+    committed_steps,
+    finals,
+    reference_sha256,
+    simulate,
+    start_launchers,
+    wait_for_step,
+)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -32,10 +39,7 @@ EXIT_BOUND_S = 60
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("reference")
-    r = simulate(2, 2, *ARGS, f"--workdir={workdir}")
-    assert r.returncode == 0, r.stdout[-3000:]
-    return finals(workdir)[0]["weights_sha256"]
+    return reference_sha256(tmp_path_factory.mktemp("reference"), *ARGS)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 4, 15, 25])

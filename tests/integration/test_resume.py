@@ -8,7 +8,6 @@
 """
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -121,4 +120,3 @@ def test_restore_onto_another_topology_and_back(uninterrupted, tmp_path, process
     np.testing.assert_allclose(
         [got[s] for s in range(1, 25)], [expected[s] for s in range(1, 25)], rtol=2e-3
     )
-    shutil.rmtree(workdir / "checkpoints", ignore_errors=True)

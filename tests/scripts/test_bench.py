@@ -141,6 +141,7 @@ def test_two_simulated_processes_report_saves_and_restores(tmp_path, monkeypatch
         batch_size=8,
         saves=2,
         save_every=2,
+        rounds=2,
         scratch=str(tmp_path),
         timeout_s=300,
     )
@@ -149,6 +150,16 @@ def test_two_simulated_processes_report_saves_and_restores(tmp_path, monkeypatch
         assert isinstance(procs, list), procs
         assert len(procs) == int(n)
         for p in procs:
-            fit = p["keras_orbax_bg"]
-            assert fit["saves_landed"] == 2, fit
-            assert all(_finite(b) for b in fit["blocked_s"]) and _finite(fit["restore_s"])
+            rounds = p["keras_orbax_bg"]
+            assert len(rounds) == len(p["none"]) == 2, p
+            for fit in rounds:
+                assert fit["saves_landed"] == 2, fit
+                assert all(_finite(b) for b in fit["blocked_s"]) and _finite(fit["restore_s"])
+    import bench_report
+
+    rows = bench_report._multiprocess_rows(out)
+    assert [r["processes"] for r in rows] == [1, 2]
+    for row in rows:
+        figures = row["keras_orbax_bg"]
+        assert figures["rounds"] == 2 and figures["saves_landed"] == 2, figures
+        assert all(_finite(figures[k]) for k in ("blocked_per_save_s", "write_s", "restore_s"))
