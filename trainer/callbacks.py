@@ -59,3 +59,22 @@ class MetricsLogger(keras.callbacks.Callback):
             epoch + 1,
             " ".join(f"{k}={v:.4f}" for k, v in _floats(logs).items()),
         )
+
+
+class SyncEvalSteps(keras.callbacks.Callback):
+    """Waits for each evaluation step before the next is dispatched.
+
+    Keras dispatches evaluation steps asynchronously (it reads no per-batch
+    logs), so many steps can be in flight. With several processes of
+    several CPU devices each (the local simulation, gloo collectives), that
+    hung at the end of validation: with 2 processes x 2 devices, 2 epochs
+    and 38-39 validation steps, one process was still in an evaluation step
+    while the other reduced the metrics (5 of 5 runs); with 1 device per
+    process, or waiting for each step, it finished. Training steps are waited for
+    already (the per-step callbacks read their logs).
+    """
+
+    def on_test_batch_end(self, batch, logs=None):
+        import jax  # noqa: PLC0415
+
+        jax.block_until_ready(logs)

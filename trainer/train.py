@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 import checkpointing
 from configs import validation
 from trainer import data, mesh, models
-from trainer.callbacks import MetricsLogger
+from trainer.callbacks import MetricsLogger, SyncEvalSteps
 from trainer.preemption import Preempted, PreemptionWatch
 
 
@@ -130,6 +130,8 @@ def train(config, workdir: str | Path) -> TrainResult:
                 enabled=is_primary,
             ),
         ]
+        if process_count > 1 and jax.default_backend() == "cpu" and jax.local_device_count() > 1:
+            callbacks.append(SyncEvalSteps())
         if config.checkpoint.enabled:
             callbacks.append(_checkpoint_callback(config, ckpt_dir, tr.steps_per_epoch))
 

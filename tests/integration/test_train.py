@@ -31,3 +31,21 @@ def test_one_process_mlp(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     epoch = [m for m in metrics(tmp_path) if "epoch" in m]
     assert epoch and 0 <= epoch[-1]["val_accuracy"] <= 1
+
+
+@pytest.mark.multiprocess
+def test_long_validation_with_several_devices_per_process_finishes(tmp_path):
+    """2 processes x 2 devices, 39 validation steps: hung before SyncEvalSteps (5 of 5 runs)."""
+    r = simulate(
+        2,
+        2,
+        "--config=configs/lm.py:tiny",
+        "--config.trainer.steps_per_epoch=4",
+        "--config.trainer.epochs=2",
+        "--config.trainer.validation_steps=39",
+        f"--workdir={tmp_path}",
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout[-3000:]
+    done = finals(tmp_path)
+    assert len({d["weights_sha256"] for d in done}) == 1
