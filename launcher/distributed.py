@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 import jax
@@ -232,3 +233,24 @@ def check_same_config(config: dict, timeout_s: int) -> None:
             f"config.{field} differs between processes: process 0 has {a.get(field)!r}. "
             f"Received: process {index} has {field}={b.get(field)!r}"
         )
+
+
+def leave_together(name: str, timeout_s: float = 10.0) -> None:
+    """Waits (bounded) until every process got here, before they all exit.
+
+    For an error every process finds by itself (bad input found after
+    start-up): process 0 runs the coordination service, and a peer still
+    connected when it exits aborts (SIGABRT) instead of exiting with its own
+    code. So all processes meet at a barrier first, and process 0 leaves
+    last. A peer that never arrives costs `timeout_s`, then everyone leaves.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src.distributed import global_state  # The coordination service client.
+
+    try:
+        global_state.client.wait_at_barrier(f"podfit/leave/{name}", int(timeout_s * 1000))
+    except Exception as e:  # noqa: BLE001 - leaving anyway; the exit code says why.
+        logging.warning("not every process reached %s within %.0fs: %s", name, timeout_s, e)
+    if jax.process_index() == 0:
+        time.sleep(1.0)  # Let the peers exit before the service they are connected to.

@@ -152,6 +152,7 @@ def main(argv: list[str]) -> None:
         if logging.get_verbosity() >= 1:
             logging.exception("bad input on process %d", jax.process_index())
         print(f"launcher: {e}", file=sys.stderr)
+        distributed.leave_together("bad_input")
         _exit_now(EXIT_USAGE)
     except Exception:  # Logged, then the process leaves at once (below).
         logging.exception("training failed on process %d", jax.process_index())

@@ -86,28 +86,12 @@ def start_launchers(num_processes: int, devices: int, *args: str, log_dir: Path)
     import portpicker
 
     port = portpicker.pick_unused_port()
-    procs = []
-    for i in range(num_processes):
-        log = open(log_dir / f"launcher_{i}.out", "w")  # noqa: SIM115  (closed by the OS at exit)
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "launcher.main",
-                    *args,
-                    f"--num_cpu_devices={devices}",
-                    f"--coordinator_address=localhost:{port}",
-                    f"--num_processes={num_processes}",
-                    f"--process_id={i}",
-                ],
-                cwd=REPO,
-                env=env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+    return [
+        start_one_launcher(
+            i, num_processes, devices, *args, port=port, log=log_dir / f"launcher_{i}.out"
         )
-    return procs
+        for i in range(num_processes)
+    ]
 
 
 def wait_for_step(workdir: Path, step: int, timeout: float = 120) -> None:
