@@ -29,11 +29,11 @@ _EXPORTS = {
     "Topology": "checkpointing.metadata",
     "Versions": "checkpointing.metadata",
     "Restored": "checkpointing.restoring",
-    "StepInfo": "checkpointing.restoring",
-    "list_steps": "checkpointing.restoring",
+    "StepInfo": "checkpointing.steps",
+    "list_steps": "checkpointing.steps",
     "restore": "checkpointing.restoring",
     "restore_latest": "checkpointing.restoring",
-    "verify_steps": "checkpointing.restoring",
+    "verify_steps": "checkpointing.steps",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -46,12 +46,10 @@ if TYPE_CHECKING:  # For type checkers and IDEs; at run time, see __getattr__.
     from checkpointing.restoring import (  # noqa: F401
         CheckpointMismatchError,
         Restored,
-        StepInfo,
-        list_steps,
         restore,
         restore_latest,
-        verify_steps,
     )
+    from checkpointing.steps import StepInfo, list_steps, verify_steps  # noqa: F401
 
 
 def __getattr__(name: str):

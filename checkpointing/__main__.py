@@ -84,7 +84,7 @@ def _pick(directory: str, step: int | None) -> int:
 
 
 def _list(directory: str) -> None:
-    from checkpointing.restoring import list_steps
+    from checkpointing.steps import list_steps
 
     _steps(directory)
     print(f"{'step':>8}  {'committed (UTC)':19}  {'size':>10}  topology / metrics")
@@ -145,7 +145,7 @@ def _export(directory: str, out: str, step: int | None) -> None:
 
 
 def _verify(directory: str, step: int | None) -> int:
-    from checkpointing.restoring import verify_steps
+    from checkpointing.steps import verify_steps
 
     if step is not None:
         _pick(directory, step)

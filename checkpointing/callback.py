@@ -15,28 +15,13 @@ from keras.src.saving import saving_lib
 from keras.src.utils import io_utils
 from orbax.checkpoint import v1 as ocp
 
-from checkpointing import layout, manifest, retention, writer
+from checkpointing import arguments, layout, manifest, retention, writer
 from checkpointing import metadata as meta
 from checkpointing.coordination import (
     Coordinator,
     enable_orbax_coordination_barriers,
     next_instance,
 )
-
-
-def _positive_int_or_none(name: str, value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer or None. Received: {name}={value!r}")
-
-
-def _bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False. Received: {name}={value!r}")
-
-
-ON_WRITE_ERROR = ("raise", "warn")
 
 
 def _scalar_logs(logs: Mapping[str, Any] | None) -> dict[str, float]:
@@ -120,7 +105,7 @@ class OrbaxCheckpoint(MonitorCallback):
             error; that step is not committed, committed steps are untouched,
             training goes on and the next due save is attempted as usual (the
             final save of `on_train_end` too, even at the failed step). The
-            failed steps are listed in `failed_steps`. With several processes,
+            failed steps of the latest fit are in `failed_steps`. With several processes,
             "warn" expects every process to see the failure (a shared file
             system that is full or read-only fails everywhere): a failure on
             one process only is not published to the others, whose barriers
@@ -157,66 +142,26 @@ class OrbaxCheckpoint(MonitorCallback):
         snapshot: writer.SnapshotMode = "auto",
         on_write_error: str = "raise",
     ):
-        if not isinstance(directory, str) and not hasattr(directory, "__fspath__"):
-            raise ValueError(f"directory must be a path. Received: directory={directory!r}")
-        if not str(directory):
-            raise ValueError(f"directory must not be empty. Received: directory={directory!r}")
-        if not isinstance(monitor, str) or not monitor:
-            raise ValueError(f"monitor must be a metric name. Received: monitor={monitor!r}")
-        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
-            raise ValueError(f"verbose must be 0 or 1. Received: verbose={verbose!r}")
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"mode must be 'auto', 'min' or 'max'. Received: mode={mode!r}")
-        if save_freq != "epoch" and (
-            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
-        ):
-            raise ValueError(
-                f"save_freq must be 'epoch' or a positive integer. Received: save_freq={save_freq!r}"
-            )
-        if initial_value_threshold is not None and not isinstance(
-            initial_value_threshold, (int, float)
-        ):
-            raise ValueError(
-                "initial_value_threshold must be a number or None. "
-                f"Received: initial_value_threshold={initial_value_threshold!r}"
-            )
-        for name, value in (
-            ("save_best_only", save_best_only),
-            ("save_on_background", save_on_background),
-            ("save_weights_only", save_weights_only),
-        ):
-            _bool(name, value)
-        for name, value in (
-            ("max_to_keep", max_to_keep),
-            ("keep_best", keep_best),
-            ("keep_period", keep_period),
-            ("steps_per_epoch", steps_per_epoch),
-        ):
-            _positive_int_or_none(name, value)
-        if data_state is not None and not callable(data_state):
-            raise ValueError(
-                f"data_state must be callable or None. Received: data_state={data_state!r}"
-            )
-        if metadata is not None:
-            meta.check_json("metadata", metadata)
-        if (
-            isinstance(barrier_timeout_s, bool)
-            or not isinstance(barrier_timeout_s, (int, float))
-            or not barrier_timeout_s > 0
-        ):
-            raise ValueError(
-                "barrier_timeout_s must be a positive number of seconds. "
-                f"Received: barrier_timeout_s={barrier_timeout_s!r}"
-            )
-        if snapshot not in writer.SNAPSHOT_MODES:
-            raise ValueError(
-                f"snapshot must be one of {writer.SNAPSHOT_MODES}. Received: snapshot={snapshot!r}"
-            )
-        if on_write_error not in ON_WRITE_ERROR:
-            raise ValueError(
-                f"on_write_error must be one of {ON_WRITE_ERROR}. "
-                f"Received: on_write_error={on_write_error!r}"
-            )
+        arguments.check(
+            directory=directory,
+            monitor=monitor,
+            verbose=verbose,
+            save_best_only=save_best_only,
+            mode=mode,
+            save_freq=save_freq,
+            initial_value_threshold=initial_value_threshold,
+            max_to_keep=max_to_keep,
+            save_on_background=save_on_background,
+            save_weights_only=save_weights_only,
+            keep_best=keep_best,
+            keep_period=keep_period,
+            steps_per_epoch=steps_per_epoch,
+            data_state=data_state,
+            metadata=metadata,
+            barrier_timeout_s=barrier_timeout_s,
+            snapshot=snapshot,
+            on_write_error=on_write_error,
+        )
         super().__init__(monitor, mode, initial_value_threshold)
         self.directory = layout.root(directory)
         self.verbose = verbose
@@ -233,11 +178,6 @@ class OrbaxCheckpoint(MonitorCallback):
         self.barrier_timeout_s = float(barrier_timeout_s)
         self.snapshot = snapshot
         self.on_write_error = on_write_error
-        # Steps whose write failed with on_write_error="warn" (appended on the
-        # writer thread); `_warned` of them have been warned about.
-        self.failed_steps: list[int] = []
-        self._errors: dict[int, BaseException] = {}
-        self._warned = 0
         self.checkpointer: ocp.training.Checkpointer | None = None
         self._instance = next_instance()
         self._runs = 0
@@ -280,7 +220,9 @@ class OrbaxCheckpoint(MonitorCallback):
         self._config_json = (
             None if self.save_weights_only else saving_lib._serialize_model_as_json(model)[0]
         )
-        self._writer = writer.BackgroundWriter(coordinator)
+        self._writer = writer.BackgroundWriter(
+            coordinator, on_error=self.on_write_error, label=self.directory
+        )
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -295,7 +237,7 @@ class OrbaxCheckpoint(MonitorCallback):
             # With several processes, failures surface at the next save or at
             # the end, where all processes check them together.
             self._writer.raise_if_failed()
-        self._warn_failures()
+        self._writer.warn_failures()
         if self.save_freq != "epoch" and (
             self._global_step // self.save_freq > (self._global_step - added) // self.save_freq
         ):
@@ -305,7 +247,7 @@ class OrbaxCheckpoint(MonitorCallback):
         self._epoch_done = True
         if not self._coordinator.multiprocess:
             self._writer.raise_if_failed()
-        self._warn_failures()
+        self._writer.warn_failures()
         if self.save_freq == "epoch":
             self._save(logs)
 
@@ -314,11 +256,16 @@ class OrbaxCheckpoint(MonitorCallback):
         if not self.save_best_only:
             self._save(logs, final=True)
         self._writer.wait()
-        self._warn_failures()
+        self._writer.warn_failures()
         step = self._last_saved_step if self._last_saved_step is not None else -1
         self._coordinator.barrier(f"train_end_{self._instance}_{self._runs}", step)
         self._coordinator.raise_if_peer_failed()
         self.checkpointer.close()
+
+    @property
+    def failed_steps(self) -> list[int]:
+        """Steps whose write failed with on_write_error="warn", in order."""
+        return [] if self._writer is None else self._writer.failed_steps
 
     def _new_checkpointer(self) -> ocp.training.Checkpointer:
         return ocp.training.Checkpointer(
@@ -341,7 +288,7 @@ class OrbaxCheckpoint(MonitorCallback):
         """Blocks until the write in flight is durable; raises its failure."""
         if self._writer is not None:
             self._writer.wait()
-            self._warn_failures()
+            self._writer.warn_failures()
 
     # -- saving --------------------------------------------------------------
 
@@ -367,7 +314,7 @@ class OrbaxCheckpoint(MonitorCallback):
 
     def _save(self, logs: Mapping[str, Any] | None, final: bool = False) -> None:
         self._writer.wait()  # Queue depth 1; raises earlier failures everywhere.
-        self._warn_failures()
+        self._writer.warn_failures()
         model = self.model  # Syncs the JAX state into the variables.
         step = int(model.optimizer.iterations)
         self._global_step = step
@@ -423,59 +370,23 @@ class OrbaxCheckpoint(MonitorCallback):
         if self._config_json is not None:
             payload[layout.MODEL_CONFIG] = {"config": self._config_json}
         self._last_saved_step = step
-        self._writer.submit(step, lambda: self._write_or_warn(step, payload, metrics))
+        self._writer.submit(step, lambda: self._write(step, payload, metrics), self._reopen)
         if self._say is not None:
             self._say(f"\nOrbaxCheckpoint: saving step {step} to {self.directory}")
         if not self.save_on_background:
             self._writer.wait()
 
-    def _write_or_warn(self, step: int, payload: dict, metrics: dict[str, float]) -> None:
-        """`_write`; with on_write_error="warn", logs and records a failure.
+    def _reopen(self) -> None:
+        """After a failed write with on_write_error="warn", on the writer thread.
 
-        Runs on the writer thread. An error caught here never reaches the
-        `BackgroundWriter`, so it is neither re-raised nor published to peers.
+        Orbax's checkpointer keeps a failed save's error and raises it again
+        at its next save: go on with a fresh one (the old one is dropped, not
+        closed: closing waits for its stuck background work).
         """
-        if self.on_write_error == "raise":
-            self._write(step, payload, metrics)
-            return
         try:
-            self._write(step, payload, metrics)
-        except Exception as e:  # noqa: BLE001 - on_write_error="warn": reported, not raised.
-            logging.warning(
-                "checkpointing: writing step %d to %s failed on process %d; not committed, "
-                "training goes on and the next save retries (on_write_error='warn'): %r",
-                step,
-                self.directory,
-                self._coordinator.process_index,
-                e,
-                exc_info=True,
-            )
-            self._errors[step] = e
-            self.failed_steps.append(step)
-            # Orbax's checkpointer keeps a failed save's error and raises it
-            # again at its next save: go on with a fresh one (the old one is
-            # dropped, not closed: closing waits for its stuck background work).
-            try:
-                self.checkpointer = self._new_checkpointer()
-            except Exception as rebuild_error:  # noqa: BLE001 - the next save retries.
-                logging.warning(
-                    "checkpointing: could not reopen %s: %r", self.directory, rebuild_error
-                )
-
-    def _warn_failures(self) -> None:
-        """Warns, in the training thread, about writes failed since the last call."""
-        while self._warned < len(self.failed_steps):
-            step = self.failed_steps[self._warned]
-            self._warned += 1
-            warnings.warn(
-                f"OrbaxCheckpoint: writing checkpoint step {step} to {self.directory} failed "
-                f"on process {self._coordinator.process_index}: {self._errors.get(step)!r}. "
-                "The step is not committed (or, if only its manifest failed, unverified); "
-                "earlier steps are untouched; training goes on and the next save retries "
-                "(on_write_error='warn').",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            self.checkpointer = self._new_checkpointer()
+        except Exception as e:  # noqa: BLE001 - the next save retries.
+            logging.warning("checkpointing: could not reopen %s: %r", self.directory, e)
 
     def _write(self, step: int, payload: dict, metrics: dict[str, float]) -> None:
         """The whole save and commit; runs on the writer thread."""

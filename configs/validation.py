@@ -18,7 +18,7 @@ BATCH_AXIS = "data"
 SECTIONS = ("mesh", "data", "model", "optimizer", "trainer", "checkpoint")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 COMMON_DATA_KEYS = ("name", "global_batch_size", "seed")
-# checkpointing.callback.ON_WRITE_ERROR (not imported: no JAX here).
+# checkpointing.arguments.ON_WRITE_ERROR (not imported: no JAX here).
 ON_WRITE_ERROR = ("raise", "warn")
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import jax
 from absl import logging
 
+from checkpointing.metadata import flatten_with_paths
+
 # The documented "preempted; relaunch the same command" code (trainer.preemption.EXIT_PREEMPTED,
 # not imported: that module imports Keras, which must wait for the JAX configuration).
 EXIT_PREEMPTED = 75
@@ -197,16 +199,6 @@ def topology_line() -> str:
     )
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_same_config(config: dict, timeout_s: int) -> None:
     """Every process publishes its resolved config and reads everyone's.
 
@@ -227,11 +219,12 @@ def check_same_config(config: dict, timeout_s: int) -> None:
     for index, theirs in enumerate(published[1:], start=1):
         if theirs == published[0]:
             continue
-        a, b = _flatten(json.loads(published[0])), _flatten(json.loads(theirs))
-        field = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), "?")
+        a, b = flatten_with_paths(json.loads(published[0])), flatten_with_paths(json.loads(theirs))
+        path = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), "?")
+        field = path.replace("/", ".")  # Config keys hold no "/".
         raise UsageError(
-            f"config.{field} differs between processes: process 0 has {a.get(field)!r}. "
-            f"Received: process {index} has {field}={b.get(field)!r}"
+            f"config.{field} differs between processes: process 0 has {a.get(path)!r}. "
+            f"Received: process {index} has {field}={b.get(path)!r}"
         )
 
 

@@ -15,12 +15,16 @@ def result(out, mode, process):
     return json.loads((out / f"result_{mode}_p{process}.json").read_text())
 
 
-def test_save_on_2x4_then_restore_on_1x2_and_1x8(tmp_path):
+def _cluster(tmp_path, mode):
+    """Runs a 2 x 4 cluster of workers in `mode`; (checkpoint dir, results dir, exit codes)."""
     directory, out = tmp_path / "ckpt", tmp_path / "out"
     out.mkdir()
-    codes = procs.run_all(
-        procs.cluster("train", 2, 4, "4,2", directory, out), tmp_path / "train", 240
-    )
+    codes = procs.run_all(procs.cluster(mode, 2, 4, "4,2", directory, out), tmp_path / mode, 240)
+    return directory, out, codes
+
+
+def test_save_on_2x4_then_restore_on_1x2_and_1x8(tmp_path):
+    directory, out, codes = _cluster(tmp_path, "train")
     assert codes == [0, 0], procs.tails(tmp_path / "train", 2)
     assert [result(out, "train", p)["step"] for p in (0, 1)] == [12, 12]
     assert [result(out, "train", p)["restored"] for p in (0, 1)] == [12, 12]
@@ -47,11 +51,7 @@ def test_save_on_2x4_then_restore_on_1x2_and_1x8(tmp_path):
 
 
 def test_a_write_failure_on_one_process_raises_on_every_process(tmp_path):
-    directory, out = tmp_path / "ckpt", tmp_path / "out"
-    out.mkdir()
-    codes = procs.run_all(
-        procs.cluster("fail", 2, 4, "4,2", directory, out), tmp_path / "fail", 240
-    )
+    directory, out, codes = _cluster(tmp_path, "fail")
     assert codes == [1, 1], procs.tails(tmp_path / "fail", 2)
     failed, peer = result(out, "fail", 1), result(out, "fail", 0)
     assert failed["error_type"] == "CheckpointWriteError"
