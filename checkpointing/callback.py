@@ -197,7 +197,10 @@ class OrbaxCheckpoint(MonitorCallback):
             enable_orbax_coordination_barriers()
         self._say = io_utils.print_msg if self.verbose and coordinator.process_index == 0 else None
         self.checkpointer = self._new_checkpointer()
-        latest = self.checkpointer.latest
+        # Committed steps by this package's definition (a step-named directory
+        # without Orbax's step metadata is not one).
+        committed = layout.committed_steps(self.directory)
+        latest = committed[-1] if committed else None
         self._last_saved_step = None if latest is None else latest.step
         self._global_step = int(model.optimizer.iterations)
         if latest is not None and latest.step > self._global_step:
@@ -282,6 +285,10 @@ class OrbaxCheckpoint(MonitorCallback):
                 minimize=self.monitor_op is not keras.ops.greater,
             ),
             save_decision_policy=ocp.training.save_decision_policies.FixedIntervalPolicy(1),
+            # Uncommitted `<step>.orbax-checkpoint-tmp*` directories left by a
+            # crash or a failed write: process 0 deletes them before its
+            # first save (never listed or restored in the meantime).
+            cleanup_tmp_directories=True,
         )
 
     def wait_until_finished(self) -> None:

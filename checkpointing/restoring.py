@@ -243,12 +243,12 @@ def restore(
 
 def _read(path: epath.Path, model: keras.Model) -> tuple[dict, dict]:
     """(what Orbax loaded, {group: {saved path: variable}}); the model is untouched."""
-    names = layout.saved_checkpointables(path)
     with layout.orbax_context():
-        saved = ocp.metadata(path, checkpointable_name=layout.PYTREE).metadata
-    abstract, matched = _targets(model, saved, path)
+        # One read of the step's metadata: the names saved and the tree's.
+        saved = ocp.checkpointables_metadata(path).metadata
+    abstract, matched = _targets(model, saved[layout.PYTREE], path)
     request: dict[str, Any] = {layout.PYTREE: abstract}
-    if layout.RECORD in names:
+    if layout.RECORD in saved:
         request[layout.RECORD] = None
     context = layout.orbax_context()
     # Skipped metric variables leave the target a subset of what was saved.

@@ -113,7 +113,7 @@ def test_failure_of_the_final_write_is_raised_at_train_end(tmp_path, monkeypatch
         make_model().fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[callback])
 
 
-def test_leftover_tmp_directory_is_never_listed_or_restored(tmp_path):
+def test_leftover_tmp_directory_is_never_listed_or_restored(tmp_path, recwarn):
     x, y = make_data()
     model = make_model()
     callback = checkpointing.OrbaxCheckpoint(tmp_path, save_freq=4, max_to_keep=None)
@@ -128,6 +128,13 @@ def test_leftover_tmp_directory_is_never_listed_or_restored(tmp_path):
     (tmp_path / "50" / "pytree").mkdir(parents=True)
     assert steps(tmp_path) == [4, 8]
     assert checkpointing.restore_latest(tmp_path, make_model()).step == 8
+    # The next training run on the directory deletes the leftover.
+    callback = checkpointing.OrbaxCheckpoint(tmp_path, save_freq=4, max_to_keep=None)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[callback])
+    assert not junk.exists()
+    assert steps(tmp_path) == [4, 8, 12, 16]
+    # "50" was never taken for the latest step.
+    assert not [w for w in recwarn if "holds step" in str(w.message)]
 
 
 CRASHING_CHILD = textwrap.dedent(

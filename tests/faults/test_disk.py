@@ -235,6 +235,8 @@ def test_real_fault_warns_and_retries(workdir, fault):
     assert re.search(r"WARNING:absl:checkpointing: writing step 8 .* failed", output)
     directory = workdir / "ckpt"
     assert [s.step for s in checkpointing.list_steps(directory)] == [4, 12, 16, 20, 24]
+    # The failed step's uncommitted directory went with the reopened checkpointer.
+    assert not [p.name for p in directory.iterdir() if "orbax-checkpoint-tmp" in p.name]
     verdicts = {v.step: v.status for v in checkpointing.verify_steps(directory)}
     assert verdicts == {4: "ok", 12: "ok", 16: "ok", 20: "ok", 24: "ok"}
     _assert_step_4_intact(workdir)

@@ -18,6 +18,15 @@ PROBE = (
     "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
     "b = libc.malloc(n); ctypes.memset(b, 1, n)\n"
     "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    # The same with 128 MiB on another thread (a thread's own arena holds at
+    # most 64 MiB, so without the one-arena setting it gets a fresh mapping).
+    "import threading; out = []\n"
+    "def run():\n"
+    "    n = 128 << 20; a = libc.malloc(n); ctypes.memset(a, 1, n); libc.free(a)\n"
+    "    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt\n"
+    "    b = libc.malloc(n); ctypes.memset(b, 1, n)\n"
+    "    out.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)\n"
+    "t = threading.Thread(target=run); t.start(); t.join(); print(out[0])\n"
 )
 
 
@@ -38,13 +47,15 @@ def _probe(**extra) -> list[str]:
     sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
 )
 def test_keeps_freed_memory_on_glibc():
-    status, faults = _probe()
+    status, faults, thread_faults = _probe()
     assert status.startswith("allocator keeps freed memory"), status
     assert int(faults) < 1000  # 64 MiB of fresh 4 KiB pages would be 16384 faults.
+    assert int(thread_faults) < 1000  # 128 MiB: 32768.
 
 
 def test_opt_out_leaves_the_allocator_alone():
-    status, faults = _probe(PODFIT_KEEP_FREED_MEMORY="0")
+    status, faults, thread_faults = _probe(PODFIT_KEEP_FREED_MEMORY="0")
     assert status == "allocator unchanged (PODFIT_KEEP_FREED_MEMORY=0)"
     if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
         assert int(faults) > 8000  # glibc's default: a fresh mapping, faulted in again.
+        assert int(thread_faults) > 16000
