@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -92,6 +93,23 @@ def start_launchers(num_processes: int, devices: int, *args: str, log_dir: Path)
         )
         for i in range(num_processes)
     ]
+
+
+@contextlib.contextmanager
+def reaped(procs: list):
+    """Yields `procs`; on the way out, kills (and waits for) any still running."""
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
+
+
+def launcher_logs(log_dir: Path, num_processes: int) -> list[str]:
+    """What each launcher of `start_launchers(..., log_dir=log_dir)` printed."""
+    return [(log_dir / f"launcher_{i}.out").read_text() for i in range(num_processes)]
 
 
 def wait_for_step(workdir: Path, step: int, timeout: float = 120) -> None:

@@ -15,6 +15,8 @@ import pytest
 from tests.helpers import (
     committed_steps,
     finals,
+    launcher_logs,
+    reaped,
     reference_sha256,
     simulate,
     start_launchers,
@@ -52,7 +54,7 @@ def test_random_kill_then_relaunch(reference, tmp_path, seed):
     delay = rng.uniform(0.5, 3.0) if kill_step == 0 else rng.uniform(0.0, 0.2)
     workdir = tmp_path / "run"
     procs = start_launchers(2, 2, *ARGS, f"--workdir={workdir}", log_dir=tmp_path)
-    try:
+    with reaped(procs):
         if kill_step:
             wait_for_step(workdir, kill_step)
         time.sleep(delay)
@@ -63,11 +65,7 @@ def test_random_kill_then_relaunch(reference, tmp_path, seed):
         for p in procs:
             p.wait(timeout=EXIT_BOUND_S + 30)
         waited = time.monotonic() - t0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    logs = {i: (tmp_path / f"launcher_{i}.out").read_text()[-2000:] for i in range(2)}
+    logs = {i: log[-2000:] for i, log in enumerate(launcher_logs(tmp_path, 2))}
     if killed:
         survivor = procs[1 - victim]
         assert survivor.returncode != 0, logs

@@ -15,6 +15,8 @@ import pytest
 from tests.helpers import (
     committed_steps,
     finals,
+    launcher_logs,
+    reaped,
     reference_sha256,
     simulate,
     start_launchers,
@@ -87,7 +89,7 @@ def test_sigterm_saves_agreed_step_and_relaunch_loses_nothing(
     procs = start_launchers(
         2, 2, *args, "--config.trainer.log_every=1", f"--workdir={workdir}", log_dir=tmp_path
     )
-    try:
+    with reaped(procs):
         if when == "compilation":
             # Every process has joined (the topology line), before the first step.
             _wait_for_log(workdir, "cpu devices")
@@ -101,11 +103,7 @@ def test_sigterm_saves_agreed_step_and_relaunch_loses_nothing(
         for p in procs if targets == "all" else procs[1:]:
             os.kill(p.pid, signal.SIGTERM)
         codes = [p.wait(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    logs = [(tmp_path / f"launcher_{i}.out").read_text() for i in range(2)]
+    logs = launcher_logs(tmp_path, 2)
     assert codes == [EXIT_PREEMPTED, EXIT_PREEMPTED], [log[-2000:] for log in logs]
     stopped = {
         int(m) for log in logs for m in re.findall(r"all processes stop after step (\d+)", log)

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tests.helpers import committed_steps, launcher, start_launchers
+from tests.helpers import committed_steps, launcher, launcher_logs, reaped, start_launchers
 
 LOG_LINE = re.compile(r"^(\[p\d+\] )?[IWEF]\d{4} ")
 MLP = ("--config=configs/mlp.py:tiny", "--num_cpu_devices=1")
@@ -54,13 +54,9 @@ def test_every_process_exits_2_promptly(tmp_path):
         "--config.model.hidden_sizes=(48,)",
         log_dir=tmp_path,
     )
-    try:
+    with reaped(procs):
         codes = [p.wait(timeout=60) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    outs = [(tmp_path / f"launcher_{i}.out").read_text() for i in range(2)]
+    outs = launcher_logs(tmp_path, 2)
     assert codes == [2, 2], [out[-2000:] for out in outs]
     for out in outs:
         lines = [x for x in out.splitlines() if x.startswith("launcher:")]
