@@ -36,6 +36,11 @@ class Plan:
     batch_size: int
 
 
+# Variants that write the Orbax format; the first one measured in a round gives
+# that round's TensorStore floor (`bench_run.tensorstore_floor`).
+_ORBAX = ("podfit", "keras_orbax_bg", "keras_orbax_sync")
+
+
 def calibrate(model, spec, x, y, variants_by_name, scratch, plan: Plan) -> dict:
     """Step time and one write's time, to space the saves of the two regimes."""
     from bench_core import TimedCallback
@@ -71,7 +76,7 @@ def calibrate(model, spec, x, y, variants_by_name, scratch, plan: Plan) -> dict:
 def checkpoint_rounds(model, spec, x, y, variants, cal, scratch, results, plan: Plan) -> None:
     """Every variant once per round, both regimes, restores and raw disk figures."""
     from bench_core import block_until_ready
-    from bench_run import RawDisk, measure_restore, run_fit
+    from bench_run import RawDisk, measure_restore, run_fit, tensorstore_floor
 
     raw = RawDisk(scratch)
     regimes = {
@@ -97,6 +102,8 @@ def checkpoint_rounds(model, spec, x, y, variants, cal, scratch, results, plan: 
                         if "resharded" in results and v.name in ("podfit", "keras_orbax_bg"):
                             target = results["resharded"]["model"]
                             fit["restore_resharded_s"] = measure_restore(v, d, target)
+                    if regime == "wide" and v.name in _ORBAX and "floor" not in rnd:
+                        rnd["floor"] = tensorstore_floor(d, scratch)
                 shutil.rmtree(d, ignore_errors=True)
                 if v.unavailable:
                     continue

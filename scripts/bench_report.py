@@ -174,9 +174,49 @@ def summarize(results: dict) -> dict:
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
         }
+    out["floor"] = _floor(rounds, raw_w, raw_r, out["variants"])
     out["growth"] = [_growth_row(g) for g in results.get("growth", [])]
     out["multiprocess"] = _multiprocess_rows(results.get("multiprocess", {}))
     out["targets"] = _targets(out)
+    return out
+
+
+def _floor(rounds: list[dict], raw_w: list, raw_r: list, variants: dict) -> dict | None:
+    """What TensorStore alone reaches in each round (`bench_run.tensorstore_floor`), as bounds.
+
+    - write_vs_raw: TensorStore's write throughput / the raw write's, both
+      alone on the machine: no Orbax-format write can do better, and a
+      background write that shares the cores with training does worse;
+    - restore_vs_raw_read: TensorStore's cold read / the raw read of the same
+      bytes: no Orbax-format restore can do better;
+    - lost_vs_keras_bg: one TensorStore write of the state / podfit's saves per
+      `fit`, against Keras' lost per save. The end of `fit` waits for the last
+      write (the final state must be committed), so podfit loses at least that.
+    """
+    pod = variants.get("podfit", {}).get("wide", {}).get("per_round")
+    ker = variants.get("keras_orbax_bg", {}).get("wide", {}).get("per_round")
+    rows = []
+    for i, rnd in enumerate(rounds):
+        f = rnd.get("floor")
+        if not f:
+            continue
+        row = {
+            "bytes": f["bytes"],
+            "read_s": f["read_s"],
+            "write_s": f["write_s"],
+            "write_vs_raw": _div(_div(f["bytes"], f["write_s"]), raw_w[i]),
+            "restore_vs_raw_read": _div(f["read_s"], _div(f["bytes"], raw_r[i])),
+            "lost_vs_keras_bg": None,
+        }
+        if pod and ker and pod[i]["saves_landed"] and ker[i]["lost_per_save_s"]:
+            row["lost_vs_keras_bg"] = _div(
+                f["write_s"] / pod[i]["saves_landed"], ker[i]["lost_per_save_s"]
+            )
+        rows.append(row)
+    if not rows:
+        return None
+    out = {k: _med([r[k] for r in rows]) for k in rows[0]}
+    out["per_round"] = rows
     return out
 
 
@@ -282,6 +322,10 @@ def _targets(s: dict) -> dict:
     src = pod or {}
     t["write_vs_raw"] = _verdict(src.get("write_vs_raw"), _TARGET_WRITE, higher_is_better=True)
     t["restore_vs_raw_read"] = _verdict(src.get("restore_vs_raw_read"), _TARGET_RESTORE)
+    floor = s.get("floor") or {}
+    for key in ("lost_vs_keras_bg", "write_vs_raw", "restore_vs_raw_read"):
+        if key in t:
+            t[key]["floor"] = floor.get(key)
     lo = s.get("launcher_overhead")
     t["keras_step_vs_raw_jax"] = _verdict(lo and lo["ratio"], _TARGET_STEP)
     return t

@@ -8,6 +8,7 @@ back after the file's pages were dropped from the page cache.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import time
 
@@ -176,6 +177,79 @@ class RawDisk:
     def remove(self) -> None:
         if os.path.exists(self.path):
             os.remove(self.path)
+
+
+def _latest_pytree(directory: str) -> str | None:
+    """The `pytree` folder of the latest committed step in an Orbax checkpoint directory."""
+    steps = [e for e in os.listdir(directory) if e.isdigit()]
+    for step in sorted(steps, key=int, reverse=True):
+        path = os.path.join(directory, step, "pytree")
+        if os.path.isdir(path):
+            return path
+    return None
+
+
+def tensorstore_floor(directory: str, scratch: str) -> dict | None:
+    """TensorStore alone on the arrays of the latest step in `directory`: the format's floor.
+
+    Any writer of the Orbax format (which `keras.saving.load_model` and
+    `load_weights` read) goes through TensorStore, so these two figures bound
+    what a checkpoint callback can reach on this machine:
+
+    - read: every array of the step's `pytree` read cold with plain
+      `tensorstore.open(...).read()` (no Orbax, no model, no verification);
+    - write: the same arrays written with the same zarr3 metadata into a new
+      OCDBT store on the same disk, in one atomic transaction (as Orbax
+      writes a step; TensorStore fsyncs its files), with no training running.
+
+    Returns:
+        {"bytes", "read_s", "write_s"}, or None if `directory` holds no
+        Orbax step.
+    """
+    import tensorstore as ts
+
+    pytree = _latest_pytree(directory)
+    if pytree is None:
+        return None
+    base = {"driver": "file", "path": pytree + "/"}
+    kv = ts.KvStore.open({"driver": "ocdbt", "base": base}).result()
+    names = sorted(
+        k.decode().removesuffix("/zarr.json")
+        for k in kv.list().result()
+        if k.endswith(b"/zarr.json")
+    )
+
+    def spec(root: dict, name: str, **extra) -> dict:
+        kvstore = {"driver": "ocdbt", "base": root, "path": name + "/"}
+        return {"driver": "zarr3", "kvstore": kvstore, **extra}
+
+    drop_cache(pytree)
+    start = time.perf_counter()
+    # One context per store set, as Orbax does: the arrays share one OCDBT
+    # database handle (separate handles would contend for its manifest).
+    context = ts.Context()
+    stores = [f.result() for f in [ts.open(spec(base, n), context=context) for n in names]]
+    arrays = [f.result() for f in [s.read() for s in stores]]
+    read_s = time.perf_counter() - start
+
+    out = os.path.join(scratch, "tensorstore_floor")
+    shutil.rmtree(out, ignore_errors=True)
+    target = {"driver": "file", "path": out + "/"}
+    metadata = [s.spec().to_json()["metadata"] for s in stores]
+    write_context = ts.Context()
+    start = time.perf_counter()
+    # One atomic transaction for all arrays, as Orbax writes a step's OCDBT store.
+    txn = ts.Transaction(atomic=True)
+    opened = [
+        ts.open(spec(target, n, metadata=m), create=True, context=write_context, transaction=txn)
+        for n, m in zip(names, metadata, strict=True)
+    ]
+    for f, a in zip(opened, arrays, strict=True):
+        f.result().write(a).result()  # Staged in the transaction.
+    txn.commit_async().result()
+    write_s = time.perf_counter() - start
+    shutil.rmtree(out, ignore_errors=True)
+    return {"bytes": sum(a.nbytes for a in arrays), "read_s": read_s, "write_s": write_s}
 
 
 def measure_restore(variant: Variant, directory: str, model: keras.Model) -> float:

@@ -109,6 +109,22 @@ def test_figures_are_finite(quick_run):
                     assert _finite(row[name][key]), (row["param_millions"], name, key)
 
 
+def test_tensorstore_floor_reads_and_writes_the_whole_state_every_round(quick_run):
+    results, _, doc = quick_run
+    state = results["model"]["state_bytes"]
+    for rnd in results["rounds"]:
+        floor = rnd["floor"]
+        # The model state plus the two scalar loss-metric variables, nothing else.
+        assert state <= floor["bytes"] <= state + 64, (floor["bytes"], state)
+        assert _finite(floor["read_s"]) and floor["read_s"] > 0
+        assert _finite(floor["write_s"]) and floor["write_s"] > 0
+    summary = results["summary"]
+    for key in ("write_vs_raw", "restore_vs_raw_read", "lost_vs_keras_bg"):
+        assert _finite(summary["floor"][key]), key
+        assert summary["targets"][key]["floor"] == summary["floor"][key]
+    assert "bound from TensorStore alone" in doc
+
+
 def test_doc_keeps_prose_and_gets_one_generated_section(quick_run):
     _, _, doc = quick_run
     assert doc.startswith("# Benchmarks\n\nHand-written prose stays.")
