@@ -238,6 +238,13 @@ def markdown(results: dict) -> str:
         f"- raw disk (write + fsync / cold read, same bytes as the model state): "
         f"{_mbps(s['raw_write_Bps'])} / {_mbps(s['raw_read_Bps'])} MB/s",
     ]
+    if s.get("raw_write_new_Bps"):
+        pod = s["variants"].get("podfit", {}).get("wide", {}).get("write_vs_raw_new")
+        lines.append(
+            "- raw write + fsync into a new file, the previous one deleted after (as a checkpoint "
+            f"is written and retention deletes): {_mbps(s['raw_write_new_Bps'])} MB/s"
+            + ("" if pod is None else f"; podfit's background write reaches {_pct(pod)} of it")
+        )
     for name, v in results["variants"].items():
         if v.get("unavailable"):
             lines.append(f"- **{name} not measured**: {v['unavailable']}")

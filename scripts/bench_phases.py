@@ -85,7 +85,12 @@ def checkpoint_rounds(model, spec, x, y, variants, cal, scratch, results, plan: 
     }
     for r in range(plan.rounds):
         order = variants[r % len(variants) :] + variants[: r % len(variants)]
-        rnd = {"raw_write_s": [], "raw_read_s": [], "raw_bytes": spec.state_bytes}
+        rnd = {
+            "raw_write_s": [],
+            "raw_write_new_s": [],
+            "raw_read_s": [],
+            "raw_bytes": spec.state_bytes,
+        }
         for regime, (freq, saves) in regimes.items():
             rnd[regime] = {}
             for v in order:
@@ -113,6 +118,7 @@ def checkpoint_rounds(model, spec, x, y, variants, cal, scratch, results, plan: 
                     f"saves {fit['saves_started']}/{fit['saves_landed']}"
                 )
             rnd["raw_write_s"].append(raw.write(spec.state_bytes))
+            rnd["raw_write_new_s"].append(raw.write_new(spec.state_bytes))
             rnd["raw_read_s"].append(raw.read(spec.state_bytes))
         block_until_ready(model)
         results["rounds"].append(rnd)

@@ -115,7 +115,17 @@ def summarize(results: dict) -> dict:
     names = list(rounds[0]["wide"]) if rounds else []
     raw_w = [r["raw_bytes"] / _med(r["raw_write_s"]) for r in rounds]
     raw_r = [r["raw_bytes"] / _med(r["raw_read_s"]) for r in rounds]
-    out = {"raw_write_Bps": _med(raw_w), "raw_read_Bps": _med(raw_r), "variants": {}}
+    # Runs before the new-file reference was added have none.
+    raw_wn = [
+        r["raw_bytes"] / _med(r["raw_write_new_s"]) if r.get("raw_write_new_s") else None
+        for r in rounds
+    ]
+    out = {
+        "raw_write_Bps": _med(raw_w),
+        "raw_write_new_Bps": _med(raw_wn),
+        "raw_read_Bps": _med(raw_r),
+        "variants": {},
+    }
     for name in names:
         per = {"wide": {}, "fast": {}}
         for regime in ("wide", "fast"):
@@ -139,6 +149,7 @@ def summarize(results: dict) -> dict:
                     "ckpt_bytes": f["ckpt_bytes"],
                     "write_Bps": _div(f["ckpt_bytes"], write),
                     "write_vs_raw": _div(_div(f["ckpt_bytes"], write), raw_w[i]),
+                    "write_vs_raw_new": _div(_div(f["ckpt_bytes"], write), raw_wn[i]),
                     "restore_s": f.get("restore_s"),
                     "restore_vs_raw_read": _div(
                         f.get("restore_s"), _div(f["ckpt_bytes"], raw_r[i])

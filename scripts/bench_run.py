@@ -145,19 +145,37 @@ class RawDisk:
 
     def __init__(self, directory: str, seed: int = 0):
         os.makedirs(directory, exist_ok=True)
+        self.directory = directory
         self.path = os.path.join(directory, "raw.bin")
         self._block = np.random.default_rng(seed).integers(0, 256, _CHUNK, dtype=np.uint8)
+        self._new: list[str] = []
 
-    def write(self, nbytes: int) -> float:
-        """Seconds to write `nbytes` and fsync them."""
+    def _write(self, path: str, nbytes: int) -> float:
         view = memoryview(self._block)
         start = time.perf_counter()
-        with open(self.path, "wb", buffering=0) as f:
+        with open(path, "wb", buffering=0) as f:
             left = nbytes
             while left > 0:
                 left -= f.write(view[: min(left, _CHUNK)])
             os.fsync(f.fileno())
         return time.perf_counter() - start
+
+    def write(self, nbytes: int) -> float:
+        """Seconds to write `nbytes` over the same file (truncated) and fsync them."""
+        return self._write(self.path, nbytes)
+
+    def write_new(self, nbytes: int) -> float:
+        """Seconds to write `nbytes` into a new file and fsync them, as a checkpoint does.
+
+        The previous such file is deleted after the write (as retention
+        deletes the oldest step after a commit), outside the timed part.
+        """
+        path = os.path.join(self.directory, f"raw_new_{len(self._new)}.bin")
+        seconds = self._write(path, nbytes)
+        self._new.append(path)
+        if len(self._new) > 1:
+            os.remove(self._new[-2])
+        return seconds
 
     def read(self, nbytes: int) -> float:
         """Seconds to read the file written last (cold) into memory allocated beforehand."""
@@ -175,8 +193,9 @@ class RawDisk:
         return time.perf_counter() - start
 
     def remove(self) -> None:
-        if os.path.exists(self.path):
-            os.remove(self.path)
+        for path in [self.path, *self._new[-1:]]:
+            if os.path.exists(path):
+                os.remove(path)
 
 
 def _latest_pytree(directory: str) -> str | None:

@@ -100,6 +100,8 @@ def test_figures_are_finite(quick_run):
         assert figures["fast_behaviour"], name
     summary = results["summary"]
     assert _finite(summary["raw_write_Bps"]) and _finite(summary["raw_read_Bps"])
+    assert _finite(summary["raw_write_new_Bps"])
+    assert _finite(measured["podfit"]["wide"]["write_vs_raw_new"])
     assert _finite(summary["launcher_overhead"]["ratio"])
     assert len(summary["growth"]) == 2
     for row in summary["growth"]:
