@@ -36,11 +36,6 @@ class Plan:
     batch_size: int
 
 
-# Variants that write the Orbax format; the first one measured in a round gives
-# that round's TensorStore floor (`bench_run.tensorstore_floor`).
-_ORBAX = ("podfit", "keras_orbax_bg", "keras_orbax_sync")
-
-
 def calibrate(model, spec, x, y, variants_by_name, scratch, plan: Plan) -> dict:
     """Step time and one write's time, to space the saves of the two regimes."""
     from bench_core import TimedCallback
@@ -107,7 +102,8 @@ def checkpoint_rounds(model, spec, x, y, variants, cal, scratch, results, plan: 
                         if "resharded" in results and v.name in ("podfit", "keras_orbax_bg"):
                             target = results["resharded"]["model"]
                             fit["restore_resharded_s"] = measure_restore(v, d, target)
-                    if regime == "wide" and v.name in _ORBAX and "floor" not in rnd:
+                    if regime == "wide" and v.name == "podfit":
+                        # podfit's own layout (uncompressed); Keras' is zstd.
                         rnd["floor"] = tensorstore_floor(d, scratch)
                 shutil.rmtree(d, ignore_errors=True)
                 if v.unavailable:
