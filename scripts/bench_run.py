@@ -198,18 +198,8 @@ class RawDisk:
                 os.remove(path)
 
 
-def _latest_pytree(directory: str) -> str | None:
-    """The `pytree` folder of the latest committed step in an Orbax checkpoint directory."""
-    steps = [e for e in os.listdir(directory) if e.isdigit()]
-    for step in sorted(steps, key=int, reverse=True):
-        path = os.path.join(directory, step, "pytree")
-        if os.path.isdir(path):
-            return path
-    return None
-
-
 def tensorstore_floor(directory: str, scratch: str) -> dict | None:
-    """TensorStore alone on the arrays of the latest step in `directory`: the format's floor.
+    """TensorStore alone on the arrays of podfit's latest step in `directory`: the format's floor.
 
     Any writer of the Orbax format (which `keras.saving.load_model` and
     `load_weights` read) goes through TensorStore, so these two figures bound
@@ -223,13 +213,16 @@ def tensorstore_floor(directory: str, scratch: str) -> dict | None:
 
     Returns:
         {"bytes", "read_s", "write_s"}, or None if `directory` holds no
-        Orbax step.
+        committed step.
     """
     import tensorstore as ts
 
-    pytree = _latest_pytree(directory)
-    if pytree is None:
+    from checkpointing import layout  # Only podfit's steps are measured here.
+
+    steps = layout.committed_steps(directory)
+    if not steps:
         return None
+    pytree = os.fspath(steps[-1].path / layout.PYTREE)
     base = {"driver": "file", "path": pytree + "/"}
     kv = ts.KvStore.open({"driver": "ocdbt", "base": base}).result()
     names = sorted(
