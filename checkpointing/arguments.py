@@ -47,6 +47,7 @@ def check(
     barrier_timeout_s: Any,
     snapshot: Any,
     on_write_error: Any,
+    drop_page_cache: Any,
 ) -> None:
     """Raises ValueError for the first argument `OrbaxCheckpoint` cannot take."""
     if not isinstance(directory, str) and not hasattr(directory, "__fspath__"):
@@ -76,6 +77,7 @@ def check(
         ("save_best_only", save_best_only),
         ("save_on_background", save_on_background),
         ("save_weights_only", save_weights_only),
+        ("drop_page_cache", drop_page_cache),
     ):
         _bool(name, value)
     for name, value in (

@@ -15,7 +15,7 @@ from keras.src.saving import saving_lib
 from keras.src.utils import io_utils
 from orbax.checkpoint import v1 as ocp
 
-from checkpointing import arguments, layout, manifest, retention, writer
+from checkpointing import arguments, layout, manifest, pagecache, retention, writer
 from checkpointing import metadata as meta
 from checkpointing.coordination import (
     Coordinator,
@@ -62,6 +62,9 @@ class OrbaxCheckpoint(MonitorCallback):
       `restore_latest` verify; failing to write it is a write failure.
     - `on_train_end` leaves the final state committed (unless
       `save_best_only`) and returns only when all writes are durable.
+    - Right before each write, the previous step's files are dropped from
+      the page cache, so that the write reuses that memory
+      (`drop_page_cache`).
 
     Example:
 
@@ -96,6 +99,15 @@ class OrbaxCheckpoint(MonitorCallback):
         barrier_timeout_s: Timeout of every barrier and cross-process wait.
         snapshot: "auto" (device copy if it fits, else host), "device" or
             "host".
+        drop_page_cache: Right before each write, the kernel is asked to
+            drop from the host's page cache the files of the previous
+            committed step (the one this callback wrote last; at the first
+            write, the latest in the directory, e.g. the one a resume read),
+            so that the write reuses that memory at once (`pagecache.py`;
+            local paths, where `os.posix_fadvise` exists). Each process drops
+            the files it wrote, process 0 also the shared ones. The latest
+            step stays cached. If dropping fails (an `OSError`), an absl
+            warning is logged and the write goes on: the step is unaffected.
         on_write_error: What a failed write (disk full, permission denied,
             ...) does. "raise" (default): `CheckpointWriteError` in the
             training thread, on every process, and `fit` stops; committed
@@ -141,6 +153,7 @@ class OrbaxCheckpoint(MonitorCallback):
         barrier_timeout_s: float = 300.0,
         snapshot: writer.SnapshotMode = "auto",
         on_write_error: str = "raise",
+        drop_page_cache: bool = True,
     ):
         arguments.check(
             directory=directory,
@@ -161,6 +174,7 @@ class OrbaxCheckpoint(MonitorCallback):
             barrier_timeout_s=barrier_timeout_s,
             snapshot=snapshot,
             on_write_error=on_write_error,
+            drop_page_cache=drop_page_cache,
         )
         super().__init__(monitor, mode, initial_value_threshold)
         self.directory = layout.root(directory)
@@ -178,10 +192,12 @@ class OrbaxCheckpoint(MonitorCallback):
         self.barrier_timeout_s = float(barrier_timeout_s)
         self.snapshot = snapshot
         self.on_write_error = on_write_error
+        self.drop_page_cache = drop_page_cache
         self.checkpointer: ocp.training.Checkpointer | None = None
         self._instance = next_instance()
         self._runs = 0
         self._writer: writer.BackgroundWriter | None = None
+        self._cached_step: int | None = None
 
     # -- fit hooks -----------------------------------------------------------
 
@@ -202,6 +218,8 @@ class OrbaxCheckpoint(MonitorCallback):
         committed = layout.committed_steps(self.directory)
         latest = committed[-1] if committed else None
         self._last_saved_step = None if latest is None else latest.step
+        # The step whose pages the next write drops (see `drop_page_cache`).
+        self._cached_step = None if latest is None else latest.step
         self._global_step = int(model.optimizer.iterations)
         if latest is not None and latest.step > self._global_step:
             warnings.warn(
@@ -397,9 +415,24 @@ class OrbaxCheckpoint(MonitorCallback):
 
     def _write(self, step: int, payload: dict, metrics: dict[str, float]) -> None:
         """The whole save and commit; runs on the writer thread."""
+        if self.drop_page_cache and self._cached_step is not None:
+            # Now, not after the previous commit: memory left free for a second
+            # or two is handed back by some virtual machines (pagecache.py).
+            self._drop(self._cached_step)
         self.checkpointer.save_checkpointables(step, payload, force=True, metrics=metrics or None)
+        self._cached_step = step  # Committed here; dropped before the next write.
         self._coordinator.barrier(f"committed{self._instance}", step)
         if self._coordinator.process_index == 0:
             # Every process has committed: the step is whole on the shared file
             # system. Dying before this leaves the step usable, "unverified".
             manifest.write(layout.step_path(self.directory, step))
+
+    def _drop(self, step: int) -> None:
+        """Drops `step`'s files from this host's page cache; a failure is only logged."""
+        if not pagecache.supported(self.directory):
+            return
+        path = layout.step_dir(self.directory, step)
+        try:
+            pagecache.drop(path, self._coordinator.process_index)
+        except OSError as e:  # Only memory is at stake; the write goes on.
+            logging.warning("checkpointing: could not drop %s from the page cache: %r", path, e)

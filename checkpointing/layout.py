@@ -106,6 +106,11 @@ def committed_steps(directory: epath.PathLike) -> list[Any]:
     )
 
 
+def step_dir(directory: epath.PathLike, step: int) -> epath.Path:
+    """Where `step`'s directory is once committed, by name alone (no listing)."""
+    return epath.Path(directory) / ocp.path.step.standard_name_format().build_name(step)
+
+
 def step_path(directory: epath.PathLike, step: int) -> epath.Path:
     """The committed directory of `step`.
 

@@ -93,6 +93,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # A failed save (disk full, permission denied): 'raise' stops the run on
     # every process; 'warn' logs a warning, goes on and retries at the next save.
     config.checkpoint.on_write_error = "raise"
+    # Before each write, drop the previous step's files from the page cache so
+    # that the write reuses that memory (checkpointing/pagecache.py).
+    config.checkpoint.drop_page_cache = True
     return config
 
 

@@ -230,8 +230,9 @@ def markdown(results: dict) -> str:
         ),
         f"- model: MLP {model['depth']} x Dense({model['width']}), {model['params'] / 1e6:.1f}M fp32 "
         f"params, {model['state_bytes'] / 2**20:.0f} MiB of state with Adam, batch {model['batch_size']}",
-        f"- calibration: step {_ms(cal['step_s'])} ms, one write {_ms(cal['write_s'])} ms -> wide regime "
-        f"saves every {cal['wide_freq']} steps, fast regime every {cal['fast_freq']} step(s) "
+        f"- calibration: step {_ms(cal['step_s'])} ms, slowest variant's write "
+        f"{_ms(cal['write_s'])} ms -> wide regime saves every {cal['wide_freq']} steps, "
+        f"fast regime every {cal['fast_freq']} step(s) "
         f"({cal['write_s'] / (cal['fast_freq'] * cal['step_s']):.1f} writes' time per save interval)",
         f"- {n_rounds} rounds, variants interleaved (order rotated each round); every figure is the "
         "median over rounds of a per-round value; ratios compare figures of the same round.",

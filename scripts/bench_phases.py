@@ -60,9 +60,12 @@ def calibrate(model, spec, x, y, variants_by_name, scratch, plan: Plan) -> dict:
             continue
         d = tempfile.mkdtemp(prefix=f"cal_{name}_", dir=scratch)
         r = run_fit(v, model, x, y, steps=2, save_freq=1, batch_size=spec.batch_size, directory=d)
-        writes += r["write_s"] or r["blocked_s"]
+        seen = r["write_s"] or r["blocked_s"]
+        if seen:  # A variant that landed no save says nothing about a write.
+            writes.append(statistics.median(seen))
         shutil.rmtree(d)
-    write_s = statistics.median(writes) if writes else step_s
+    # The slowest variant's write: the wide regime is wider than every variant's.
+    write_s = max(writes) if writes else step_s
     wide = max(2, math.ceil(plan.spacing * write_s / step_s))
     fast = 1
     return {"step_s": step_s, "write_s": write_s, "wide_freq": wide, "fast_freq": fast}

@@ -209,7 +209,11 @@ def tensorstore_floor(directory: str, scratch: str) -> dict | None:
       `tensorstore.open(...).read()` (no Orbax, no model, no verification);
     - write: the same arrays written with the same zarr3 metadata into a new
       OCDBT store on the same disk, in one atomic transaction (as Orbax
-      writes a step; TensorStore fsyncs its files), with no training running.
+      writes a step; TensorStore fsyncs its files), with no training running,
+      after the read's pages were dropped from the page cache (as podfit drops
+      each committed step's, `checkpointing/pagecache.py`): the write reuses
+      that memory, the best case on a machine where memory the kernel has not
+      used lately is slow to touch.
 
     Returns:
         {"bytes", "read_s", "write_s"}, or None if `directory` holds no
@@ -246,6 +250,7 @@ def tensorstore_floor(directory: str, scratch: str) -> dict | None:
 
     out = os.path.join(scratch, "tensorstore_floor")
     shutil.rmtree(out, ignore_errors=True)
+    drop_cache(pytree)
     target = {"driver": "file", "path": out + "/"}
     metadata = [s.spec().to_json()["metadata"] for s in stores]
     write_context = ts.Context()

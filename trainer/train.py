@@ -63,6 +63,7 @@ def _checkpoint_callback(config, directory: Path, steps_per_epoch: int) -> keras
         metadata={"config": config.to_dict()},
         barrier_timeout_s=ck.barrier_timeout_s,
         on_write_error=ck.on_write_error,
+        drop_page_cache=ck.drop_page_cache,
     )
 
 

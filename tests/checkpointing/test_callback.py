@@ -198,6 +198,7 @@ def test_restore_errors(tmp_path):
         ({"metadata": [1]}, "metadata"),
         ({"data_state": {"a": 1}}, "data_state"),
         ({"save_best_only": "yes"}, "save_best_only"),
+        ({"drop_page_cache": 1}, "drop_page_cache"),
         ({"verbose": "loud"}, "verbose"),
         ({"initial_value_threshold": "low"}, "initial_value_threshold"),
     ],
