@@ -50,8 +50,8 @@ _SPACING = flags.DEFINE_float(
 )
 _GROWTH = flags.DEFINE_list("growth_millions", ["4", "16", "64"], "Sizes for the growth table.")
 _GROWTH_ROUNDS = flags.DEFINE_integer("growth_rounds", 2, "Rounds per growth size.")
-_OVERHEAD_STEPS = flags.DEFINE_integer("overhead_steps", 40, "Steps per launcher-overhead run.")
-_OVERHEAD_ROUNDS = flags.DEFINE_integer("overhead_rounds", 5, "Launcher-overhead rounds.")
+_OVERHEAD_STEPS = flags.DEFINE_integer("overhead_steps", 100, "Steps per launcher-overhead run.")
+_OVERHEAD_ROUNDS = flags.DEFINE_integer("overhead_rounds", 7, "Launcher-overhead rounds.")
 _PROCESSES = flags.DEFINE_list(
     "processes", ["1", "2", "4"], "Simulated process counts (localhost); empty: skip."
 )

@@ -178,9 +178,15 @@ def launcher_overhead(model, spec, x, y, plan: Plan) -> dict:
     loop.run(xs, ys, spec.batch_size)  # Compiles.
     keras_fit_seconds(model, xs, ys, spec.batch_size)
     keras_s, raw_s = [], []
-    for _ in range(plan.overhead_rounds):
-        keras_s.append(keras_fit_seconds(model, xs, ys, spec.batch_size) / plan.overhead_steps)
-        raw_s.append(loop.run(xs, ys, spec.batch_size) / plan.overhead_steps)
+    for r in range(plan.overhead_rounds):
+        # Alternate which runs first, so neither always follows the other.
+        for which in ("keras", "raw") if r % 2 == 0 else ("raw", "keras"):
+            if which == "keras":
+                keras_s.append(
+                    keras_fit_seconds(model, xs, ys, spec.batch_size) / plan.overhead_steps
+                )
+            else:
+                raw_s.append(loop.run(xs, ys, spec.batch_size) / plan.overhead_steps)
     log(f"launcher overhead: keras {min(keras_s) * 1e3:.1f} ms/step, raw {min(raw_s) * 1e3:.1f}")
     return {"keras_step_s": keras_s, "raw_step_s": raw_s, "steps": plan.overhead_steps}
 
