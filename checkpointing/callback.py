@@ -418,7 +418,10 @@ class OrbaxCheckpoint(MonitorCallback):
         if self.drop_page_cache and self._cached_step is not None:
             # Now, not after the previous commit: memory left free for a second
             # or two is handed back by some virtual machines (pagecache.py).
-            self._drop(self._cached_step)
+            pagecache.drop_or_warn(
+                layout.step_dir(self.directory, self._cached_step),
+                self._coordinator.process_index,
+            )
         self.checkpointer.save_checkpointables(step, payload, force=True, metrics=metrics or None)
         self._cached_step = step  # Committed here; dropped before the next write.
         self._coordinator.barrier(f"committed{self._instance}", step)
@@ -426,13 +429,3 @@ class OrbaxCheckpoint(MonitorCallback):
             # Every process has committed: the step is whole on the shared file
             # system. Dying before this leaves the step usable, "unverified".
             manifest.write(layout.step_path(self.directory, step))
-
-    def _drop(self, step: int) -> None:
-        """Drops `step`'s files from this host's page cache; a failure is only logged."""
-        if not pagecache.supported(self.directory):
-            return
-        path = layout.step_dir(self.directory, step)
-        try:
-            pagecache.drop(path, self._coordinator.process_index)
-        except OSError as e:  # Only memory is at stake; the write goes on.
-            logging.warning("checkpointing: could not drop %s from the page cache: %r", path, e)

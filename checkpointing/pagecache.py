@@ -96,3 +96,15 @@ def drop(step_dir: epath.PathLike, process_index: int = 0) -> int:
     if first_error is not None:
         raise first_error
     return dropped
+
+
+def drop_or_warn(step_dir: epath.PathLike, process_index: int = 0) -> None:
+    """`drop`, with a failure logged as an absl warning instead of raised.
+
+    For the writer: only page-cache memory is at stake, the step is whole,
+    and the write that follows goes on.
+    """
+    try:
+        drop(step_dir, process_index)
+    except OSError as e:
+        logging.warning("checkpointing: could not drop %s from the page cache: %r", step_dir, e)
