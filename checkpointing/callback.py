@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -57,9 +58,10 @@ class OrbaxCheckpoint(MonitorCallback):
     - Each step also stores progress, the data position, the best value so
       far, user metadata, the topology and library versions (see
       `layout.py`). A new callback on a directory with steps resumes `best`.
-    - After each commit, process 0 writes `<step>/podfit/manifest.json`
-      (size and CRC-32 per file, see `manifest.py`), which `restore` and
-      `restore_latest` verify; failing to write it is a write failure.
+    - After each commit, each process checksums the files it wrote and
+      process 0 writes `<step>/podfit/manifest.json` (size and CRC-32 per
+      file, see `manifest.py`), which `restore` and `restore_latest`
+      verify; failing to write it is a write failure.
     - `on_train_end` leaves the final state committed (unless
       `save_best_only`) and returns only when all writes are durable.
     - Right before each write, the previous step's files are dropped from
@@ -425,7 +427,11 @@ class OrbaxCheckpoint(MonitorCallback):
         self.checkpointer.save_checkpointables(step, payload, force=True, metrics=metrics or None)
         self._cached_step = step  # Committed here; dropped before the next write.
         self._coordinator.barrier(f"committed{self._instance}", step)
+        # Every process has committed: the step is whole on the shared file
+        # system. Each checksums what it wrote; process 0 writes the manifest.
+        # Dying before that leaves the step usable, "unverified".
+        path = layout.step_dir(self.directory, step)
+        mine = manifest.checksums(path, self._coordinator.process_index)
+        parts = self._coordinator.gather("manifest", step, json.dumps(mine), everyone=False)
         if self._coordinator.process_index == 0:
-            # Every process has committed: the step is whole on the shared file
-            # system. Dying before this leaves the step usable, "unverified".
-            manifest.write(layout.step_path(self.directory, step))
+            manifest.write(path, {k: v for part in parts for k, v in json.loads(part).items()})

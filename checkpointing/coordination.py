@@ -172,6 +172,37 @@ class Coordinator:
         if self.process_index == 0:
             _client().key_value_set(key, value)
             return value
+        return self._wait_for(key, f"process 0 did not share {name} for step {step}")
+
+    def gather(self, name: str, step: int, value: str, *, everyone: bool = True) -> list[str]:
+        """Every process' `value`, in process order (key-value store, timeout).
+
+        Args:
+            name: What is gathered (part of the key).
+            step: The global step (part of the key).
+            value: This process' value.
+            everyone: Whether every process gets the list; if False, only
+                process 0 waits for it and the others get an empty list.
+
+        Raises:
+            PeerFailedError: If another process failed while this one waited.
+            TimeoutError: If a process did not send its value within the timeout.
+        """
+        if not self.multiprocess:
+            return [value]
+        prefix = f"{self.namespace}/{name}/{step}"
+        _client().key_value_set(f"{prefix}/{self.process_index}", value)
+        if not everyone and self.process_index != 0:
+            return []
+        return [
+            value
+            if i == self.process_index
+            else self._wait_for(f"{prefix}/{i}", f"process {i} did not send {name} for step {step}")
+            for i in range(self.process_count)
+        ]
+
+    def _wait_for(self, key: str, what: str) -> str:
+        """The value of `key` once set; raises peers' failures while waiting."""
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:
@@ -182,6 +213,5 @@ class Coordinator:
             self.raise_if_peer_failed()
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"process 0 did not share {name} for step {step} within "
-                    f"{self.timeout_s}s. Received: barrier_timeout_s={self.timeout_s}"
+                    f"{what} within {self.timeout_s}s. Received: barrier_timeout_s={self.timeout_s}"
                 )

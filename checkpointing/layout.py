@@ -21,6 +21,7 @@ our directories unchanged.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,29 @@ BARRIER_PREFIX = "podfit_ckpt"
 
 # Written by Orbax into the temporary directory right before it is committed.
 _ORBAX_STEP_METADATA = "_CHECKPOINT_METADATA"
+
+# Orbax's per-process OCDBT directories inside a checkpointable
+# (`pytree/ocdbt.process_3/`): each process writes its array shards there.
+_PROCESS_DIR = re.compile(r"ocdbt\.process_(\d+)")
+
+
+def process_dir_owner(name: str) -> int | None:
+    """The process an `ocdbt.process_<i>` directory belongs to; None for other names."""
+    match = _PROCESS_DIR.fullmatch(name)
+    return None if match is None else int(match.group(1))
+
+
+def writer_of(relative: str) -> int:
+    """The process that wrote a file of a step, from its path relative to the step.
+
+    `i` for files under an `ocdbt.process_<i>` directory (that process' array
+    shards); 0 for every other file (the metadata process 0 writes).
+    """
+    for part in relative.split("/"):
+        owner = process_dir_owner(part)
+        if owner is not None:
+            return owner
+    return 0
 
 
 def orbax_context(

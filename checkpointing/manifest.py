@@ -9,17 +9,24 @@ Each committed step of a directory written by `OrbaxCheckpoint` carries
 ```
 
 one entry per file of the step (relative path, size in bytes, zlib CRC-32 of
-the contents), the manifest itself excepted. Process 0 writes it once every
-process has committed (the step is complete on the shared file system), to a
+the contents), the manifest itself excepted. Once every process has
+committed, each process checksums the files it wrote (`checksums`: its own
+`ocdbt.process_<i>` array shards; process 0 also the shared metadata), so the
+work per process stays flat in the process count at fixed bytes per
+process; process 0 gathers the entries and writes the manifest, to a
 temporary name renamed into place, so a manifest is either whole or absent.
 
 `verify(path)` re-reads the step and returns a `Verdict`:
 
 - "ok": every listed file is there with its size and checksum;
-- "damaged": a file is missing, truncated or changed (or the manifest is
-  unreadable); `problems` names each file, expected vs found;
+- "damaged": a file is missing, truncated, changed or unreadable (or the
+  manifest is unreadable); `problems` names each file, expected vs found;
 - "unverified": there is no manifest (the writer died between the commit and
   the manifest, or the step was written by stock Keras). Usable, but unchecked.
+
+With several processes, `verify(path, part=(i, n))` checks one of n shares of
+the files, balanced by size, and `merge` combines the n verdicts into the one
+every process acts on.
 
 Files present but not listed (e.g. added by hand) are not damage.
 """
@@ -34,6 +41,8 @@ from typing import Literal
 
 from absl import logging
 from etils import epath
+
+from checkpointing.layout import process_dir_owner, writer_of
 
 MANIFEST_DIR = "podfit"  # = layout.RECORD; the podfit checkpointable's directory.
 MANIFEST_NAME = "manifest.json"
@@ -70,6 +79,16 @@ class Verdict:
         """Whether a restore may read the step ("ok" or "unverified")."""
         return self.status != "damaged"
 
+    def to_json(self) -> str:
+        """The verdict as JSON (to send it to the other processes)."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Verdict:
+        """The inverse of `to_json`."""
+        raw = json.loads(text)
+        return cls(raw["step"], raw["status"], tuple(raw["problems"]), int(raw["files"]))
+
     def describe(self) -> str:
         """One line, e.g. `damaged: pytree/d/ab12: size 2715 expected, 100 found`."""
         if self.status == "ok":
@@ -89,8 +108,12 @@ def _step_of(step_dir: epath.Path) -> int | None:
         return None
 
 
-def _files(step_dir: epath.Path) -> list[str]:
-    """Relative paths of the files under `step_dir`, the manifest excepted."""
+def _files(step_dir: epath.Path, process_index: int | None = None) -> list[str]:
+    """Relative paths of the files under `step_dir`, the manifest excepted.
+
+    With `process_index`, only the files that process wrote (`writer_of`);
+    other processes' `ocdbt.process_<i>` directories are not even listed.
+    """
     skip = {
         f"{MANIFEST_DIR}/{MANIFEST_NAME}",
         f"{MANIFEST_DIR}/{MANIFEST_NAME}{_TMP_SUFFIX}",
@@ -101,10 +124,14 @@ def _files(step_dir: epath.Path) -> list[str]:
         current = pending.pop()
         for child in current.iterdir():
             if child.is_dir():
-                pending.append(child)
+                owner = process_dir_owner(child.name)
+                if process_index is None or owner in (None, process_index):
+                    pending.append(child)
                 continue
             relative = str(child.relative_to(step_dir))
-            if relative not in skip:
+            if relative in skip:
+                continue
+            if process_index is None or writer_of(relative) == process_index:
                 out.append(relative)
     return sorted(out)
 
@@ -119,11 +146,32 @@ def checksum(path: epath.PathLike) -> tuple[int, str]:
     return size, f"{crc & 0xFFFFFFFF:08x}"
 
 
-def write(step_dir: epath.PathLike) -> epath.Path:
+def checksums(step_dir: epath.PathLike, process_index: int | None = None) -> dict[str, dict]:
+    """Manifest entries, `{relative path: {"size": n, "crc32": "..."}}`.
+
+    Args:
+        step_dir: A committed step directory.
+        process_index: Only the files this process wrote (see `writer_of`);
+            None for every file of the step.
+
+    Raises:
+        OSError: If a file cannot be read.
+    """
+    step_dir = epath.Path(step_dir)
+    files = {}
+    for relative in _files(step_dir, process_index):
+        size, crc = checksum(step_dir / relative)
+        files[relative] = {"size": size, "crc32": crc}
+    return files
+
+
+def write(step_dir: epath.PathLike, files: dict[str, dict] | None = None) -> epath.Path:
     """Writes the manifest of a committed step (process 0, once).
 
     Args:
         step_dir: The committed step directory.
+        files: The entries, gathered from every process's `checksums`; None
+            checksums every file here.
 
     Returns:
         The manifest's path.
@@ -134,11 +182,8 @@ def write(step_dir: epath.PathLike) -> epath.Path:
     """
     step_dir = epath.Path(step_dir)
     start = time.monotonic()
-    files, total = {}, 0
-    for relative in _files(step_dir):
-        size, crc = checksum(step_dir / relative)
-        files[relative] = {"size": size, "crc32": crc}
-        total += size
+    if files is None:
+        files = checksums(step_dir)
     document = {
         "format": MANIFEST_FORMAT,
         "step": _step_of(step_dir),
@@ -151,20 +196,46 @@ def write(step_dir: epath.PathLike) -> epath.Path:
     tmp.write_text(json.dumps(document, indent=1, sort_keys=True))
     tmp.rename(target)  # Atomic on POSIX file systems: whole or absent.
     logging.info(
-        "checkpointing: manifest of %s: %d files, %d bytes checksummed in %.3fs",
+        "checkpointing: manifest of %s: %d files, %d bytes, written in %.3fs",
         step_dir,
         len(files),
-        total,
+        sum(int(entry["size"]) for entry in files.values()),
         time.monotonic() - start,
     )
     return target
 
 
-def verify(step_dir: epath.PathLike) -> Verdict:
+def share_of(sizes: dict[str, int], part: tuple[int, int]) -> list[str]:
+    """The files of share `part = (i, n)`: n shares balanced by bytes.
+
+    Largest files first, each to the share with the fewest bytes so far (ties:
+    the lowest share). Every process computes the same split from the same
+    manifest; the shares are disjoint and cover every file.
+    """
+    index, count = part
+    if not 0 <= index < count:
+        raise ValueError(f"part must be (i, n) with 0 <= i < n. Received: part={part}")
+    loads = [0] * count
+    mine = []
+    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
+        share = loads.index(min(loads))
+        loads[share] += sizes[name]
+        if share == index:
+            mine.append(name)
+    return sorted(mine)
+
+
+def verify(step_dir: epath.PathLike, part: tuple[int, int] = (0, 1)) -> Verdict:
     """Checks a step directory against its manifest (see the module doc).
 
     Sizes are compared first; checksums are computed only for files whose size
-    matches. Never raises for damage: the `Verdict` says what is wrong.
+    matches. Never raises for damage: the `Verdict` says what is wrong (a file
+    that cannot be read is damage too).
+
+    Args:
+        step_dir: A committed step directory.
+        part: `(i, n)`: check only share i of n of the files (`share_of`);
+            `merge` the n verdicts. The default checks every file.
     """
     step_dir = epath.Path(step_dir)
     step = _step_of(step_dir)
@@ -181,22 +252,46 @@ def verify(step_dir: epath.PathLike) -> Verdict:
         return Verdict(
             step, "damaged", (f"{MANIFEST_DIR}/{MANIFEST_NAME}: unreadable manifest ({e})",)
         )
+    mine = share_of({name: size for name, (size, _) in entries.items()}, part)
     problems = []
-    for name, (size, crc) in sorted(entries.items()):
+    for name in mine:
+        size, crc = entries[name]
         path = step_dir / name
-        if not path.exists():
-            problems.append(f"{name}: missing (expected {size} bytes, crc32 {crc})")
+        try:
+            if not path.exists():
+                problems.append(f"{name}: missing (expected {size} bytes, crc32 {crc})")
+                continue
+            found_size = path.stat().length
+            if found_size != size:
+                problems.append(f"{name}: size {size} bytes expected, {found_size} found")
+                continue
+            _, found_crc = checksum(path)
+        except OSError as e:
+            problems.append(f"{name}: unreadable ({e!r})")
             continue
-        found_size = path.stat().length
-        if found_size != size:
-            problems.append(f"{name}: size {size} bytes expected, {found_size} found")
-            continue
-        _, found_crc = checksum(path)
         if found_crc != crc:
             problems.append(f"{name}: crc32 {crc} expected, {found_crc} found")
     if problems:
-        return Verdict(step, "damaged", tuple(problems), len(entries))
-    return Verdict(step, "ok", (), len(entries))
+        return Verdict(step, "damaged", tuple(problems), len(mine))
+    return Verdict(step, "ok", (), len(mine))
+
+
+def merge(verdicts: list[Verdict]) -> Verdict:
+    """One verdict from the verdicts of the shares of one step (`verify(part=...)`).
+
+    Damaged if any share is; else unverified if any is; else ok. Problems are
+    listed once each, in share order; `files` is the total checked.
+    """
+    if not verdicts:
+        raise ValueError("merge needs at least one verdict. Received: verdicts=[]")
+    for status in ("damaged", "unverified"):
+        matching = [v for v in verdicts if v.status == status]
+        if matching:
+            problems = tuple(dict.fromkeys(p for v in matching for p in v.problems))
+            break
+    else:
+        status, problems = "ok", ()
+    return Verdict(verdicts[0].step, status, problems, sum(v.files for v in verdicts))
 
 
 def report(verdict: Verdict, step_dir: epath.PathLike) -> None:

@@ -21,25 +21,16 @@ little beyond keeping the page cache for other files.
 from __future__ import annotations
 
 import os
-import re
 
 from absl import logging
 from etils import epath
+
+from checkpointing.layout import process_dir_owner
 
 
 def supported(path: epath.PathLike) -> bool:
     """Whether `drop` does anything for `path`: a local path on a platform with fadvise."""
     return hasattr(os, "posix_fadvise") and "://" not in str(path)
-
-
-# Orbax's per-process OCDBT directories inside a checkpointable (`pytree/ocdbt.process_3/`).
-_PROCESS_DIR = re.compile(r"ocdbt\.process_(\d+)")
-
-
-def _owner(dirname: str) -> int | None:
-    """The process an `ocdbt.process_<i>` directory belongs to; None for other names."""
-    match = _PROCESS_DIR.fullmatch(dirname)
-    return None if match is None else int(match.group(1))
 
 
 def drop(step_dir: epath.PathLike, process_index: int = 0) -> int:
@@ -71,9 +62,10 @@ def drop(step_dir: epath.PathLike, process_index: int = 0) -> int:
     top = str(step_dir)
     for root, dirs, names in os.walk(top):
         # Other processes' directories are theirs to drop.
-        dirs[:] = [d for d in dirs if _owner(d) in (None, process_index)]
+        dirs[:] = [d for d in dirs if process_dir_owner(d) in (None, process_index)]
         inside_own = any(
-            _owner(part) == process_index for part in os.path.relpath(root, top).split(os.sep)
+            process_dir_owner(part) == process_index
+            for part in os.path.relpath(root, top).split(os.sep)
         )
         if not inside_own and process_index != 0:
             continue  # Shared files: process 0 drops them.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +16,7 @@ from orbax.checkpoint import v1 as ocp
 
 from checkpointing import layout, manifest
 from checkpointing.coordination import Coordinator, next_instance
-from checkpointing.manifest import CheckpointCorruptError
+from checkpointing.manifest import CheckpointCorruptError, Verdict
 from checkpointing.metadata import Progress, StepRecord, Topology, Versions, flatten_with_paths
 
 
@@ -188,7 +189,12 @@ def _targets(model: keras.Model, saved: Mapping[str, Any], where: epath.Path):
 
 
 def restore(
-    directory: epath.PathLike, model: keras.Model, step: int, *, verify: bool = True
+    directory: epath.PathLike,
+    model: keras.Model,
+    step: int,
+    *,
+    verify: bool = True,
+    timeout_s: float = 300.0,
 ) -> Restored:
     """Loads committed `step` of `directory` into `model`, in place.
 
@@ -199,7 +205,8 @@ def restore(
     Call it on every process.
 
     Before reading, the step is checked against its manifest (sizes and
-    CRC-32 of every file, see `manifest.py`): a damaged step is logged
+    CRC-32 of every file, see `manifest.py`; each process checks a share of
+    the files and all act on the combined verdict): a damaged step is logged
     (absl error per file: expected vs found) and not read; a step without a
     manifest is read with a warning ("unverified").
 
@@ -207,8 +214,9 @@ def restore(
         directory: The checkpoint root.
         model: A built, compiled Keras model.
         step: A committed global step.
-        verify: Check the manifest first (`restore_latest` checks on
-            process 0 and passes False).
+        verify: Check the manifest first (`restore_latest` checks before
+            and passes False).
+        timeout_s: How long a process waits for the others' verdicts.
 
     Returns:
         The `Restored` step.
@@ -223,14 +231,16 @@ def restore(
     _prepare(model)
     if not verify:
         return _apply(step, *_read(path, model))
+    coordinator = Coordinator.create(str(directory), next_instance(), 0, timeout_s)
     # The manifest check and the read run at once (both mostly wait on the
     # disk or run outside the GIL; the page cache serves the second reader),
     # and the model is assigned only once the check passed.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="podfit-verify") as pool:
-        checking = pool.submit(manifest.verify, path)
+        checking = pool.submit(_verify_everywhere, path, step, coordinator)
         read, error = _try_read(path, model)
         verdict = checking.result()
-    manifest.report(verdict, path)
+    if coordinator.process_index == 0:
+        manifest.report(verdict, path)
     if not verdict.usable:
         raise CheckpointCorruptError(
             f"step {step} of {directory} is damaged: {'; '.join(verdict.problems)}. "
@@ -239,6 +249,18 @@ def restore(
     if error is not None:
         raise error
     return _apply(step, *read)
+
+
+def _verify_everywhere(path: epath.Path, step: int, coordinator: Coordinator) -> Verdict:
+    """The step checked against its manifest, a share of the files per process.
+
+    Every process gets the same verdict, merged from all shares; the bytes
+    each process reads fall as processes are added.
+    """
+    part = (coordinator.process_index, coordinator.process_count)
+    mine = manifest.verify(path, part if coordinator.multiprocess else (0, 1))
+    shares = coordinator.gather("verify", step, mine.to_json())
+    return manifest.merge([Verdict.from_json(share) for share in shares])
 
 
 def _read(path: epath.Path, model: keras.Model) -> tuple[dict, dict]:
@@ -293,13 +315,14 @@ def restore_latest(
 
     Call it on every process (and in the same order as the callbacks built).
 
-    Process 0 verifies the steps, latest first, against their manifests:
-    a damaged step is logged loudly (absl error naming the step, the file,
-    expected vs found) and skipped for the previous one; a step without a
-    manifest is used with a warning. Every process restores the step process
-    0 chose. Meanwhile every process already reads the latest step (verifying
-    and reading at once); the model is assigned only after the choice, and
-    what was read is dropped if process 0 chose an earlier step.
+    The steps process 0 lists are verified, latest first, against their
+    manifests, each process checking a share of the files: a damaged step
+    is logged loudly (absl error naming the step, the file, expected vs
+    found) and skipped for the previous one; a step without a manifest is
+    used with a warning. Every process restores the same step, chosen from
+    the same verdicts. Meanwhile every process already reads the latest step
+    (verifying and reading at once); the model is assigned only after the
+    choice, and what was read is dropped if an earlier step was chosen.
 
     Args:
         directory: The checkpoint root (need not exist).
@@ -320,14 +343,14 @@ def restore_latest(
     latest = steps[-1] if steps else None
     read, error = None, None
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="podfit-verify") as pool:
-        choosing = pool.submit(_choose, directory) if coordinator.process_index == 0 else None
+        choosing = pool.submit(_choose, directory, coordinator)
         if latest is not None:
-            # Read the latest step while process 0 verifies it: usually it is
-            # the one chosen, and the read costs no extra time.
+            # Read the latest step while it is verified: usually it is the one
+            # chosen, and the read costs no extra time.
             _prepare(model)
             read, error = _try_read(epath.Path(latest.path), model)
-        choice = "" if choosing is None else choosing.result()
-    # Every process must restore the same step: process 0 decides.
+        choice = choosing.result()
+    # Every process must restore the same step: process 0's choice is final.
     choice = coordinator.share("restore_latest", 0, choice)
     if choice == "none":
         return None
@@ -344,23 +367,28 @@ def restore_latest(
     return restore(directory, model, int(choice), verify=False)
 
 
-def _choose(directory: epath.PathLike) -> str:
-    """Process 0's pick: the latest usable step, "none" or "damaged:<steps>"."""
-    steps = layout.committed_steps(directory)
+def _choose(directory: epath.PathLike, coordinator: Coordinator) -> str:
+    """The latest usable step, "none" or "damaged:<steps>" (the same on every process)."""
+    listed = []
+    if coordinator.process_index == 0:
+        listed = [found.step for found in layout.committed_steps(directory)]
+    steps = json.loads(coordinator.share("restore_steps", 0, json.dumps(listed)))
     if not steps:
         return "none"
     damaged = []
-    for found in reversed(steps):
-        verdict = manifest.verify(found.path)
-        manifest.report(verdict, found.path)
+    for step in reversed(steps):
+        path = layout.step_dir(directory, step)
+        verdict = _verify_everywhere(path, step, coordinator)
+        if coordinator.process_index == 0:
+            manifest.report(verdict, path)
         if verdict.usable:
-            if damaged:
+            if damaged and coordinator.process_index == 0:
                 logging.error(
                     "checkpointing: restoring step %d of %s instead of damaged step(s) %s",
-                    found.step,
+                    step,
                     directory,
                     damaged,
                 )
-            return str(found.step)
-        damaged.append(found.step)
+            return str(step)
+        damaged.append(step)
     return f"damaged:{damaged}"

@@ -147,6 +147,8 @@ def main() -> int:
     name = f"result_{args.mode}_p{jax.process_index()}.json"
     if args.mode == "restore":
         name = f"result_restore_{args.mesh}.json"
+        if jax.process_count() > 1:
+            name = f"result_restore_{args.mesh}_p{jax.process_index()}.json"
     (out / name).write_text(json.dumps(result))
     return 0 if result["ok"] else 1
 

@@ -1,11 +1,13 @@
 """Real processes on localhost: 2 processes x 4 CPU devices, gloo collectives."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 import checkpointing
+from checkpointing import manifest
 from tests.checkpointing import procs
 
 pytestmark = pytest.mark.multiprocess
@@ -48,6 +50,30 @@ def test_save_on_2x4_then_restore_on_1x2_and_1x8(tmp_path):
             np.testing.assert_array_equal(loaded[name], saved[name], err_msg=f"{mesh} {name}")
     restored = json.loads((out / "result_restore_8,1.json").read_text())
     assert restored["step"] == 12 and restored["progress"] == [2, 0]
+
+    # Each process checksummed its own array files; process 0 wrote one manifest.
+    listed = json.loads(manifest.manifest_path(directory / "12").read_text())["files"]
+    assert {n.split("/")[1] for n in listed if "ocdbt.process_" in n} == {
+        "ocdbt.process_0",
+        "ocdbt.process_1",
+    }
+    assert listed.keys() == manifest.checksums(directory / "12").keys()
+    assert [v.status for v in checkpointing.verify_steps(directory)] == ["ok", "ok"]
+
+    # Damage step 12 and restore on 2 processes again: each verifies a share of
+    # the files, and both fall back to step 8 whichever share held the damage.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(directory, damaged)
+    data = [p for p in (damaged / "12").rglob("*") if p.is_file() and "/d/" in str(p)]
+    victim = max(data, key=lambda p: p.stat().st_size)
+    victim.write_bytes(b"\0" * victim.stat().st_size)
+    codes = procs.run_all(
+        procs.cluster("restore", 2, 4, "4,2", damaged, out), tmp_path / "restore2", 240
+    )
+    assert codes == [0, 0], procs.tails(tmp_path / "restore2", 2)
+    for p in (0, 1):
+        restored = json.loads((out / f"result_restore_4,2_p{p}.json").read_text())
+        assert restored["step"] == 8, restored
 
 
 def test_a_write_failure_on_one_process_raises_on_every_process(tmp_path):
