@@ -49,7 +49,9 @@ _SPACING = flags.DEFINE_float(
     "spacing", 3.0, "Wide regime: seconds between saves, as a multiple of one write."
 )
 _GROWTH = flags.DEFINE_list("growth_millions", ["4", "16", "64"], "Sizes for the growth table.")
-_GROWTH_ROUNDS = flags.DEFINE_integer("growth_rounds", 2, "Rounds per growth size.")
+_GROWTH_ROUNDS = flags.DEFINE_integer(
+    "growth_rounds", 4, "Rounds per growth size (even: each variant runs first as often)."
+)
 _OVERHEAD_STEPS = flags.DEFINE_integer("overhead_steps", 100, "Steps per launcher-overhead run.")
 _OVERHEAD_ROUNDS = flags.DEFINE_integer("overhead_rounds", 7, "Launcher-overhead rounds.")
 _PROCESSES = flags.DEFINE_list(

@@ -192,7 +192,14 @@ def launcher_overhead(model, spec, x, y, plan: Plan) -> dict:
 
 
 def growth(variants, scratch, results, plan: Plan) -> list[dict]:
-    """One save and one restore per size and round, podfit and Keras Orbax (background)."""
+    """One save and one restore per size and round, podfit and Keras Orbax (background).
+
+    The order alternates from round to round, so with an even number of
+    rounds each variant runs first equally often: the first save and restore
+    after the previous size (or after the raw disk figures) run into memory
+    freed a while ago, which is far slower on the VM the figures in
+    docs/benchmarks.md come from.
+    """
     import jax
     from bench_core import build_model, make_data, model_spec
     from bench_run import RawDisk, measure_restore, run_fit
