@@ -39,7 +39,11 @@ class PeerFailedError(CheckpointWriteError):
 
 
 def next_instance() -> int:
-    """A number for a new callback; equal on all processes (same program)."""
+    """A number for a new callback or `restore_latest` call; equal on all processes.
+
+    Equal because every process runs the same program: each must build its
+    callbacks and call `restore_latest` in the same order.
+    """
     return next(_instances)
 
 
@@ -75,7 +79,8 @@ class Coordinator:
     Attributes:
         process_index: This process.
         process_count: All processes.
-        namespace: Key-value prefix unique to this callback and `fit` call.
+        namespace: Key-value prefix unique to this callback and `fit` call
+            (or `restore_latest` call).
         timeout_s: Timeout of every barrier and wait.
     """
 
@@ -90,7 +95,8 @@ class Coordinator:
 
         Args:
             directory: The checkpoint root (hashed into the namespace).
-            instance: From `next_instance()`, taken when the callback is built.
+            instance: From `next_instance()`, taken when the callback is built
+                (or when `restore_latest` starts).
             run: Counts the `fit` calls of this callback.
             timeout_s: Timeout of every barrier and wait.
         """
@@ -181,29 +187,39 @@ class Coordinator:
             name: What is gathered (part of the key).
             step: The global step (part of the key).
             value: This process' value.
-            everyone: Whether every process gets the list; if False, only
-                process 0 waits for it and the others get an empty list.
+            everyone: Whether every process gets the list. If False, only
+                process 0 waits for it (the others get an empty list) and
+                deletes the keys once read, so that a gather per save does
+                not accumulate in the coordination service.
 
         Raises:
             PeerFailedError: If another process failed while this one waited.
-            TimeoutError: If a process did not send its value within the timeout.
+            TimeoutError: If a process did not send its value within the
+                timeout (one deadline for the whole gather).
         """
         if not self.multiprocess:
             return [value]
         prefix = f"{self.namespace}/{name}/{step}"
-        _client().key_value_set(f"{prefix}/{self.process_index}", value)
+        if everyone or self.process_index != 0:
+            _client().key_value_set(f"{prefix}/{self.process_index}", value)
         if not everyone and self.process_index != 0:
             return []
-        return [
-            value
-            if i == self.process_index
-            else self._wait_for(f"{prefix}/{i}", f"process {i} did not send {name} for step {step}")
-            for i in range(self.process_count)
-        ]
-
-    def _wait_for(self, key: str, what: str) -> str:
-        """The value of `key` once set; raises peers' failures while waiting."""
         deadline = time.monotonic() + self.timeout_s
+        values = []
+        for i in range(self.process_count):
+            if i == self.process_index:
+                values.append(value)
+                continue
+            what = f"process {i} did not send {name} for step {step}"
+            values.append(self._wait_for(f"{prefix}/{i}", what, deadline))
+            if not everyone:
+                _client().key_value_delete(f"{prefix}/{i}")
+        return values
+
+    def _wait_for(self, key: str, what: str, deadline: float | None = None) -> str:
+        """The value of `key` once set; raises peers' failures while waiting."""
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout_s
         while True:
             try:
                 return _client().blocking_key_value_get(key, 1000)

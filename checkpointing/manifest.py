@@ -230,7 +230,7 @@ def verify(step_dir: epath.PathLike, part: tuple[int, int] = (0, 1)) -> Verdict:
 
     Sizes are compared first; checksums are computed only for files whose size
     matches. Never raises for damage: the `Verdict` says what is wrong (a file
-    that cannot be read is damage too).
+    or manifest that cannot be read is damage too).
 
     Args:
         step_dir: A committed step directory.
@@ -240,15 +240,15 @@ def verify(step_dir: epath.PathLike, part: tuple[int, int] = (0, 1)) -> Verdict:
     step_dir = epath.Path(step_dir)
     step = _step_of(step_dir)
     target = manifest_path(step_dir)
-    if not target.exists():
-        return Verdict(step, "unverified", (f"no manifest ({MANIFEST_DIR}/{MANIFEST_NAME})",))
     try:
+        if not target.exists():
+            return Verdict(step, "unverified", (f"no manifest ({MANIFEST_DIR}/{MANIFEST_NAME})",))
         document = json.loads(target.read_text())
         listed = document["files"]
         if not isinstance(listed, dict):
             raise TypeError(f"files is a {type(listed).__name__}")
         entries = {name: (int(e["size"]), str(e["crc32"])) for name, e in listed.items()}
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         return Verdict(
             step, "damaged", (f"{MANIFEST_DIR}/{MANIFEST_NAME}: unreadable manifest ({e})",)
         )

@@ -189,12 +189,7 @@ def _targets(model: keras.Model, saved: Mapping[str, Any], where: epath.Path):
 
 
 def restore(
-    directory: epath.PathLike,
-    model: keras.Model,
-    step: int,
-    *,
-    verify: bool = True,
-    timeout_s: float = 300.0,
+    directory: epath.PathLike, model: keras.Model, step: int, *, verify: bool = True
 ) -> Restored:
     """Loads committed `step` of `directory` into `model`, in place.
 
@@ -205,10 +200,11 @@ def restore(
     Call it on every process.
 
     Before reading, the step is checked against its manifest (sizes and
-    CRC-32 of every file, see `manifest.py`; each process checks a share of
-    the files and all act on the combined verdict): a damaged step is logged
+    CRC-32 of every file, see `manifest.py`): a damaged step is logged
     (absl error per file: expected vs found) and not read; a step without a
-    manifest is read with a warning ("unverified").
+    manifest is read with a warning ("unverified"). The check is this
+    process' own, of the whole step, so `restore` needs no other process;
+    `restore_latest` shares the check between processes instead.
 
     Args:
         directory: The checkpoint root.
@@ -216,7 +212,6 @@ def restore(
         step: A committed global step.
         verify: Check the manifest first (`restore_latest` checks before
             and passes False).
-        timeout_s: How long a process waits for the others' verdicts.
 
     Returns:
         The `Restored` step.
@@ -231,16 +226,14 @@ def restore(
     _prepare(model)
     if not verify:
         return _apply(step, *_read(path, model))
-    coordinator = Coordinator.create(str(directory), next_instance(), 0, timeout_s)
     # The manifest check and the read run at once (both mostly wait on the
     # disk or run outside the GIL; the page cache serves the second reader),
     # and the model is assigned only once the check passed.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="podfit-verify") as pool:
-        checking = pool.submit(_verify_everywhere, path, step, coordinator)
+        checking = pool.submit(manifest.verify, path)
         read, error = _try_read(path, model)
         verdict = checking.result()
-    if coordinator.process_index == 0:
-        manifest.report(verdict, path)
+    manifest.report(verdict, path)
     if not verdict.usable:
         raise CheckpointCorruptError(
             f"step {step} of {directory} is damaged: {'; '.join(verdict.problems)}. "
@@ -258,7 +251,11 @@ def _verify_everywhere(path: epath.Path, step: int, coordinator: Coordinator) ->
     each process reads fall as processes are added.
     """
     part = (coordinator.process_index, coordinator.process_count)
-    mine = manifest.verify(path, part if coordinator.multiprocess else (0, 1))
+    try:
+        mine = manifest.verify(path, part if coordinator.multiprocess else (0, 1))
+    except Exception as e:  # noqa: BLE001 - sent as damage: the others must not wait.
+        problem = f"share {part[0]} of {part[1]}: verification failed ({e!r})"
+        mine = Verdict(step, "damaged", (problem,))
     shares = coordinator.gather("verify", step, mine.to_json())
     return manifest.merge([Verdict.from_json(share) for share in shares])
 
@@ -327,7 +324,8 @@ def restore_latest(
     Args:
         directory: The checkpoint root (need not exist).
         model: A built, compiled Keras model.
-        timeout_s: How long other processes wait for process 0's listing.
+        timeout_s: How long each process waits for process 0's listing, and
+            for the other processes' verdicts on each step.
 
     Returns:
         The `Restored` step, or None if there is no committed step.
@@ -369,10 +367,19 @@ def restore_latest(
 
 def _choose(directory: epath.PathLike, coordinator: Coordinator) -> str:
     """The latest usable step, "none" or "damaged:<steps>" (the same on every process)."""
-    listed = []
+    listed, failure = [], None
     if coordinator.process_index == 0:
-        listed = [found.step for found in layout.committed_steps(directory)]
-    steps = json.loads(coordinator.share("restore_steps", 0, json.dumps(listed)))
+        try:
+            listed = [found.step for found in layout.committed_steps(directory)]
+        except Exception as e:  # noqa: BLE001 - raised below, once shared.
+            failure = e
+    # Shared even when the listing failed, so that no process waits for it.
+    shared = coordinator.share("restore_steps", 0, json.dumps(repr(failure) if failure else listed))
+    if failure is not None:
+        raise failure
+    steps = json.loads(shared)
+    if isinstance(steps, str):
+        raise OSError(f"process 0 could not list the steps of {directory}: {steps}")
     if not steps:
         return "none"
     damaged = []

@@ -138,3 +138,34 @@ def test_callback_manifest_lists_every_file(tmp_path):
     fresh = make_model()
     fresh(np.zeros((1, 8), np.float32))
     assert checkpointing.restore(directory, fresh, 8).step == 8
+
+
+def test_an_unreadable_manifest_is_damage(step_dir):
+    target = manifest.manifest_path(step_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.mkdir()  # Reading it fails with IsADirectoryError, an OSError.
+    verdict = manifest.verify(step_dir)
+    assert verdict.status == "damaged"
+    assert "unreadable manifest" in verdict.problems[0]
+
+
+def test_a_verification_that_raises_counts_as_damage_and_the_previous_step_is_restored(
+    tmp_path, monkeypatch
+):
+    directory = tmp_path / "ckpt"
+    x, y = make_data()
+    model = make_model()
+    callback = checkpointing.OrbaxCheckpoint(directory, save_freq=4, max_to_keep=None)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
+    assert [s.step for s in checkpointing.list_steps(directory)] == [4, 8]
+    real = manifest.verify
+
+    def failing(path, part=(0, 1)):
+        if path.name == "8":
+            raise RuntimeError("injected verification failure")
+        return real(path, part)
+
+    monkeypatch.setattr(manifest, "verify", failing)
+    fresh = make_model()
+    fresh(np.zeros((1, 8), np.float32))
+    assert checkpointing.restore_latest(directory, fresh).step == 4
