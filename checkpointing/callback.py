@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -428,10 +427,5 @@ class OrbaxCheckpoint(MonitorCallback):
         self._cached_step = step  # Committed here; dropped before the next write.
         self._coordinator.barrier(f"committed{self._instance}", step)
         # Every process has committed: the step is whole on the shared file
-        # system. Each checksums what it wrote; process 0 writes the manifest.
-        # Dying before that leaves the step usable, "unverified".
-        path = layout.step_dir(self.directory, step)
-        mine = manifest.checksums(path, self._coordinator.process_index)
-        parts = self._coordinator.gather("manifest", step, json.dumps(mine), everyone=False)
-        if self._coordinator.process_index == 0:
-            manifest.write(path, {k: v for part in parts for k, v in json.loads(part).items()})
+        # system. Dying before the manifest leaves the step usable, "unverified".
+        manifest.write_shared(layout.step_dir(self.directory, step), step, self._coordinator)

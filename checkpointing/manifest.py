@@ -13,8 +13,9 @@ the contents), the manifest itself excepted. Once every process has
 committed, each process checksums the files it wrote (`checksums`: its own
 `ocdbt.process_<i>` array shards; process 0 also the shared metadata), so the
 work per process stays flat in the process count at fixed bytes per
-process; process 0 gathers the entries and writes the manifest, to a
-temporary name renamed into place, so a manifest is either whole or absent.
+process; process 0 gathers the entries and writes the manifest
+(`write_shared`), to a temporary name renamed into place, so a manifest is
+either whole or absent.
 
 `verify(path)` re-reads the step and returns a `Verdict`:
 
@@ -26,7 +27,7 @@ temporary name renamed into place, so a manifest is either whole or absent.
 
 With several processes, `verify(path, part=(i, n))` checks one of n shares of
 the files, balanced by size, and `merge` combines the n verdicts into the one
-every process acts on.
+every process acts on (`verify_shared` does both, on every process).
 
 Files present but not listed (e.g. added by hand) are not damage.
 """
@@ -42,6 +43,7 @@ from typing import Literal
 from absl import logging
 from etils import epath
 
+from checkpointing.coordination import Coordinator
 from checkpointing.layout import process_dir_owner, writer_of
 
 MANIFEST_DIR = "podfit"  # = layout.RECORD; the podfit checkpointable's directory.
@@ -166,7 +168,7 @@ def checksums(step_dir: epath.PathLike, process_index: int | None = None) -> dic
 
 
 def write(step_dir: epath.PathLike, files: dict[str, dict] | None = None) -> epath.Path:
-    """Writes the manifest of a committed step (process 0, once).
+    """Writes the manifest of a committed step (once, on one process).
 
     Args:
         step_dir: The committed step directory.
@@ -181,7 +183,6 @@ def write(step_dir: epath.PathLike, files: dict[str, dict] | None = None) -> epa
             full); the step then stays committed and reads as "unverified".
     """
     step_dir = epath.Path(step_dir)
-    start = time.monotonic()
     if files is None:
         files = checksums(step_dir)
     document = {
@@ -195,14 +196,31 @@ def write(step_dir: epath.PathLike, files: dict[str, dict] | None = None) -> epa
     tmp = target.parent / (MANIFEST_NAME + _TMP_SUFFIX)
     tmp.write_text(json.dumps(document, indent=1, sort_keys=True))
     tmp.rename(target)  # Atomic on POSIX file systems: whole or absent.
+    return target
+
+
+def write_shared(step_dir: epath.PathLike, step: int, coordinator: Coordinator) -> None:
+    """Every process checksums the files it wrote; process 0 writes the manifest.
+
+    Call it on every process once all have committed the step. The time
+    each process took is logged at INFO level.
+
+    Raises:
+        OSError: If a file cannot be read or the manifest written.
+        PeerFailedError, TimeoutError: From gathering the entries (process 0).
+    """
+    start = time.monotonic()
+    mine = checksums(step_dir, coordinator.process_index)
+    parts = coordinator.gather("manifest", step, json.dumps(mine), everyone=False)
+    if coordinator.process_index == 0:
+        write(step_dir, {k: v for part in parts for k, v in json.loads(part).items()})
     logging.info(
-        "checkpointing: manifest of %s: %d files, %d bytes, written in %.3fs",
+        "checkpointing: manifest of %s: this process checksummed %d files, %d bytes, in %.3fs",
         step_dir,
-        len(files),
-        sum(int(entry["size"]) for entry in files.values()),
+        len(mine),
+        sum(entry["size"] for entry in mine.values()),
         time.monotonic() - start,
     )
-    return target
 
 
 def share_of(sizes: dict[str, int], part: tuple[int, int]) -> list[str]:
@@ -292,6 +310,22 @@ def merge(verdicts: list[Verdict]) -> Verdict:
     else:
         status, problems = "ok", ()
     return Verdict(verdicts[0].step, status, problems, sum(v.files for v in verdicts))
+
+
+def verify_shared(step_dir: epath.PathLike, step: int, coordinator: Coordinator) -> Verdict:
+    """The step checked against its manifest, a share of the files per process.
+
+    Call it on every process: each checks one share (`share_of`) and every
+    process gets the same verdict, merged from all shares. A share whose check
+    raises is sent as damage, so that no process waits for it.
+    """
+    part = (coordinator.process_index, coordinator.process_count)
+    try:
+        mine = verify(step_dir, part if coordinator.multiprocess else (0, 1))
+    except Exception as e:  # noqa: BLE001 - sent as damage: the others must not wait.
+        mine = Verdict(step, "damaged", (f"share {part[0]} of {part[1]}: check failed ({e!r})",))
+    shares = coordinator.gather("verify", step, mine.to_json())
+    return merge([Verdict.from_json(share) for share in shares])
 
 
 def report(verdict: Verdict, step_dir: epath.PathLike) -> None:

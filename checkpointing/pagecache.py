@@ -25,7 +25,7 @@ import os
 from absl import logging
 from etils import epath
 
-from checkpointing.layout import process_dir_owner
+from checkpointing.layout import process_dir_owner, writer_of
 
 
 def supported(path: epath.PathLike) -> bool:
@@ -63,12 +63,9 @@ def drop(step_dir: epath.PathLike, process_index: int = 0) -> int:
     for root, dirs, names in os.walk(top):
         # Other processes' directories are theirs to drop.
         dirs[:] = [d for d in dirs if process_dir_owner(d) in (None, process_index)]
-        inside_own = any(
-            process_dir_owner(part) == process_index
-            for part in os.path.relpath(root, top).split(os.sep)
-        )
-        if not inside_own and process_index != 0:
-            continue  # Shared files: process 0 drops them.
+        # Shared files (outside every ocdbt.process_<i>): process 0 drops them.
+        if writer_of(os.path.relpath(root, top)) != process_index:
+            continue
         for name in names:
             try:
                 fd = os.open(os.path.join(root, name), os.O_RDONLY)

@@ -16,7 +16,7 @@ from orbax.checkpoint import v1 as ocp
 
 from checkpointing import layout, manifest
 from checkpointing.coordination import Coordinator, next_instance
-from checkpointing.manifest import CheckpointCorruptError, Verdict
+from checkpointing.manifest import CheckpointCorruptError
 from checkpointing.metadata import Progress, StepRecord, Topology, Versions, flatten_with_paths
 
 
@@ -244,22 +244,6 @@ def restore(
     return _apply(step, *read)
 
 
-def _verify_everywhere(path: epath.Path, step: int, coordinator: Coordinator) -> Verdict:
-    """The step checked against its manifest, a share of the files per process.
-
-    Every process gets the same verdict, merged from all shares; the bytes
-    each process reads fall as processes are added.
-    """
-    part = (coordinator.process_index, coordinator.process_count)
-    try:
-        mine = manifest.verify(path, part if coordinator.multiprocess else (0, 1))
-    except Exception as e:  # noqa: BLE001 - sent as damage: the others must not wait.
-        problem = f"share {part[0]} of {part[1]}: verification failed ({e!r})"
-        mine = Verdict(step, "damaged", (problem,))
-    shares = coordinator.gather("verify", step, mine.to_json())
-    return manifest.merge([Verdict.from_json(share) for share in shares])
-
-
 def _read(path: epath.Path, model: keras.Model) -> tuple[dict, dict]:
     """(what Orbax loaded, {group: {saved path: variable}}); the model is untouched."""
     with layout.orbax_context():
@@ -337,19 +321,18 @@ def restore_latest(
             model (on every process).
     """
     coordinator = Coordinator.create(str(directory), next_instance(), 0, timeout_s)
-    steps = layout.committed_steps(directory)
+    steps = _listed_by_process_0(directory, coordinator)
     latest = steps[-1] if steps else None
     read, error = None, None
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="podfit-verify") as pool:
-        choosing = pool.submit(_choose, directory, coordinator)
+        choosing = pool.submit(_choose, directory, steps, coordinator)
         if latest is not None:
             # Read the latest step while it is verified: usually it is the one
             # chosen, and the read costs no extra time.
             _prepare(model)
-            read, error = _try_read(epath.Path(latest.path), model)
+            read, error = _try_read(layout.step_dir(layout.root(directory), latest), model)
+        # The same on every process: the same steps, the same merged verdicts.
         choice = choosing.result()
-    # Every process must restore the same step: process 0's choice is final.
-    choice = coordinator.share("restore_latest", 0, choice)
     if choice == "none":
         return None
     if choice.startswith("damaged:"):
@@ -357,16 +340,16 @@ def restore_latest(
             f"no usable step in {directory}: every committed step is damaged "
             f"({choice.removeprefix('damaged:')}). Received: directory={directory}"
         )
-    if latest is not None and int(choice) == latest.step:
+    if int(choice) == latest:
         if error is not None:
             raise error
-        return _apply(latest.step, *read)
+        return _apply(latest, *read)
     del read  # The latest step was damaged: drop what was read of it.
     return restore(directory, model, int(choice), verify=False)
 
 
-def _choose(directory: epath.PathLike, coordinator: Coordinator) -> str:
-    """The latest usable step, "none" or "damaged:<steps>" (the same on every process)."""
+def _listed_by_process_0(directory: epath.PathLike, coordinator: Coordinator) -> list[int]:
+    """Process 0's committed steps, on every process (shared even if listing fails)."""
     listed, failure = [], None
     if coordinator.process_index == 0:
         try:
@@ -380,12 +363,17 @@ def _choose(directory: epath.PathLike, coordinator: Coordinator) -> str:
     steps = json.loads(shared)
     if isinstance(steps, str):
         raise OSError(f"process 0 could not list the steps of {directory}: {steps}")
+    return steps
+
+
+def _choose(directory: epath.PathLike, steps: list[int], coordinator: Coordinator) -> str:
+    """The latest usable of `steps`, "none" or "damaged:<steps>" (the same on every process)."""
     if not steps:
         return "none"
     damaged = []
     for step in reversed(steps):
-        path = layout.step_dir(directory, step)
-        verdict = _verify_everywhere(path, step, coordinator)
+        path = layout.step_dir(layout.root(directory), step)
+        verdict = manifest.verify_shared(path, step, coordinator)
         if coordinator.process_index == 0:
             manifest.report(verdict, path)
         if verdict.usable:
