@@ -5,6 +5,9 @@ A library: imports jax, keras, orbax and etils, never trainer/ or launcher/.
 - `OrbaxCheckpoint`: the callback (drop-in for `keras.callbacks.OrbaxCheckpoint`).
 - `restore(directory, model, step)`, `restore_latest(directory, model)`:
   read a step into a built model, resharded onto the current topology.
+- `load_model(directory, step=None)`: a new model from a step's stored
+  config, its arrays read into the current devices (any process, any
+  topology that wrote it).
 - `list_steps(directory)`: the committed steps.
 - `verify_steps(directory)`: each step checked against its manifest.
 - `python -m checkpointing list|inspect|export|verify`: the same from a shell.
@@ -31,6 +34,7 @@ _EXPORTS = {
     "Restored": "checkpointing.restoring",
     "StepInfo": "checkpointing.steps",
     "list_steps": "checkpointing.steps",
+    "load_model": "checkpointing.loading",
     "restore": "checkpointing.restoring",
     "restore_latest": "checkpointing.restoring",
     "verify_steps": "checkpointing.steps",
@@ -41,6 +45,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # For type checkers and IDEs; at run time, see __getattr__.
     from checkpointing.callback import OrbaxCheckpoint  # noqa: F401
     from checkpointing.coordination import CheckpointWriteError, PeerFailedError  # noqa: F401
+    from checkpointing.loading import load_model  # noqa: F401
     from checkpointing.manifest import CheckpointCorruptError  # noqa: F401
     from checkpointing.metadata import Progress, StepRecord, Topology, Versions  # noqa: F401
     from checkpointing.restoring import (  # noqa: F401

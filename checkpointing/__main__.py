@@ -2,15 +2,21 @@
 
   python -m checkpointing list DIR
   python -m checkpointing inspect DIR [--step N]
-  python -m checkpointing export DIR OUT.keras [--step N]
+  python -m checkpointing export DIR OUT.keras [--step N] [--import MODULE ...]
   python -m checkpointing verify DIR [--step N]
+
+`export` rebuilds the model with `checkpointing.load_model` (any topology
+may have written the step): it imports the modules the step's model config
+records for its custom objects, and the `--import` ones first; it exits
+with 1 if the step is damaged.
 
 `verify` prints each step's status against its manifest (ok / damaged: the
 file, expected vs found / unverified: no manifest) and exits with 1 if any
 step is damaged, else 0.
 
 Bad input (a missing directory, no committed step, an unknown step, an
-output not ending in .keras) prints one line naming it and exits with 2.
+output not ending in .keras, a step without model config, a module that
+cannot be imported) prints one line naming it and exits with 2.
 """
 
 from __future__ import annotations
@@ -50,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("directory")
     export.add_argument("out")
     export.add_argument("--step", type=int, default=None, help="default: the latest")
+    export.add_argument(
+        "--import",
+        dest="imports",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="MODULE",
+        help="modules to import first, registering the model's custom objects",
+    )
     verify = commands.add_parser("verify", help="check steps against their manifests")
     verify.add_argument("directory")
     verify.add_argument("--step", type=int, default=None, help="default: every step")
@@ -119,29 +134,26 @@ def _inspect(directory: str, step: int | None) -> None:
     print(json.dumps(report, indent=2, sort_keys=True))
 
 
-def _export(directory: str, out: str, step: int | None) -> None:
+def _export(directory: str, out: str, step: int | None, imports: list[str]) -> int:
     if not out.endswith(".keras"):
         raise UsageError(f"the output must end in .keras. Received: OUT={out}")
     step = _pick(directory, step)
-    from keras.src.saving import saving_lib
-    from orbax.checkpoint import v1 as ocp
+    from checkpointing.loading import LoadArgumentError, load_model
+    from checkpointing.manifest import CheckpointCorruptError
 
-    from checkpointing import layout
-    from checkpointing.restoring import restore
-
-    path = layout.step_path(directory, step)
-    if layout.MODEL_CONFIG not in layout.saved_checkpointables(path):
+    try:
+        model = load_model(directory, step, import_modules=imports)
+    except LoadArgumentError as e:
+        message = str(e).replace("Received: step=", "Received: --step=")
         raise UsageError(
-            f"step {step} has no model config (saved with save_weights_only). Received: --step={step}"
-        )
-    with layout.orbax_context():
-        config = ocp.load_checkpointables(path, {layout.MODEL_CONFIG: None})[layout.MODEL_CONFIG]
-    model = saving_lib._model_from_config(
-        config["config"], custom_objects=None, compile=True, safe_mode=True
-    )
-    restore(directory, model, step)
+            message.replace("Received: import_modules=", "Received: --import=")
+        ) from None
+    except CheckpointCorruptError as e:
+        print(f"checkpointing: {e}", file=sys.stderr)
+        return DAMAGED
     model.save(out)
     print(f"exported step {step} of {directory} to {out}")
+    return 0
 
 
 def _verify(directory: str, step: int | None) -> int:
@@ -176,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "verify":
             return _verify(args.directory, args.step)
         else:
-            _export(args.directory, args.out, args.step)
+            return _export(args.directory, args.out, args.step, args.imports)
     except UsageError as e:
         print(f"checkpointing: {e}", file=sys.stderr)
         return USAGE_ERROR
