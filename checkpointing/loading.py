@@ -1,10 +1,12 @@
 """Loading a step as a new model, in any process, whatever topology wrote it.
 
-Stock `keras.saving.load_model(DIR)` reads the arrays of an Orbax step into
-the shardings they were saved with unless a distribution is set, so it
-fails on a step written by several processes or on other devices (Orbax:
-"sharding passed to deserialization should be specified"); and Keras imports
-no module outside keras to find a custom class. `load_model` here rebuilds the
+Stock `keras.saving.load_model(DIR)` reads a step's arrays back onto the
+devices that wrote them (it gives Orbax no target sharding without a
+distribution, nor for the metric variables a fresh model lacks even with
+one), so in one process it fails on a step written by several processes or
+on other devices (Orbax: "sharding passed to deserialization should be
+specified"); and Keras imports no module outside keras to find a custom
+class. `load_model` here rebuilds the
 model from the step's stored Keras config, importing the modules the config
 records for its custom objects, and reads the arrays through `restore`, into
 the shardings of the new model's variables: one device in a plain Python
