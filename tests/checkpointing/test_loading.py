@@ -168,3 +168,11 @@ def test_recorded_module_that_does_not_provide_the_class(tmp_path, module, expec
     # Given as a custom object, nothing is imported and the step loads.
     loaded = checkpointing.load_model(tmp_path, custom_objects={"Ghost": ghost})
     assert int(loaded.optimizer.iterations) == 4
+
+
+def test_a_step_without_compile_config(tmp_path):
+    model = make_model()
+    model.get_compile_config = lambda: None  # As for a model compiled with unserializable args.
+    fit(tmp_path, model)
+    with pytest.raises(LoadArgumentError, match=r"no compile config.* Received: step=4"):
+        checkpointing.load_model(tmp_path)
