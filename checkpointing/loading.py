@@ -88,8 +88,7 @@ def load_model(
         ```
     """
     root = layout.root(directory)
-    step = _committed_step(root, step)
-    path = layout.step_path(root, step)
+    step, path = _committed_step(root, step)
     config = _model_config(path, step)
     if isinstance(import_modules, str):
         import_modules = [import_modules]
@@ -109,22 +108,24 @@ def load_model(
     return model
 
 
-def _committed_step(root: str, step: int | None) -> int:
+def _committed_step(root: str, step: int | None) -> tuple[int, epath.Path]:
+    """(the step, its directory): `step`, or the latest if None; one listing."""
     if not epath.Path(root).is_dir():
         raise LoadArgumentError(f"checkpoint directory does not exist. Received: directory={root}")
-    steps = [found.step for found in layout.committed_steps(root)]
+    paths = {found.step: epath.Path(found.path) for found in layout.committed_steps(root)}
+    steps = sorted(paths)
     if not steps:
         raise LoadArgumentError(
             f"no committed checkpoint step in the directory. Received: directory={root}"
         )
     if step is None:
-        return steps[-1]
-    if step not in steps:
+        step = steps[-1]
+    if step not in paths:
         raise LoadArgumentError(
             f"step {step} is not a committed step of {root} (committed: {steps}). "
             f"Received: step={step}"
         )
-    return step
+    return step, paths[step]
 
 
 def _model_config(path: epath.Path, step: int) -> dict[str, Any]:
