@@ -28,12 +28,27 @@ def resolve(workdir: epath.PathLike) -> epath.Path:
     return epath.Path(text) if is_remote(text) else epath.Path(os.path.abspath(text))
 
 
+def no_listing_cache() -> None:
+    """Turns off fsspec's directory-listing cache for gs:// and s3:// (unless configured).
+
+    gcsfs and s3fs keep each listing for the process' lifetime by default,
+    so a process would not see steps, files or commits that other hosts
+    wrote after it first listed a folder. Call before the first remote path
+    is used.
+    """
+    from fsspec.config import conf  # noqa: PLC0415  (only remote workdirs need it)
+
+    for protocol in ("gs", "gcs", "s3"):
+        conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
+
+
 def writable(workdir: str | None) -> epath.Path:
     """Creates `workdir` if needed, then writes and deletes a small probe object in it.
 
     On an object store the probe is what tells a missing bucket or a missing
-    permission before any process joins; creating a "folder" there proves
-    nothing. The probe's name is unique, so hosts probing at once never meet.
+    permission before any process joins. The probe's name is unique, so
+    hosts probing at once never meet. A remote workdir also turns off
+    fsspec's listing cache (`no_listing_cache`).
 
     Raises:
         WorkdirError: `workdir` is unset or cannot be written.
@@ -41,13 +56,18 @@ def writable(workdir: str | None) -> epath.Path:
     if not workdir:
         raise WorkdirError("--workdir is required. Received: --workdir=None")
     path = resolve(workdir)
+    if is_remote(workdir):
+        no_listing_cache()
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        if not is_remote(workdir):
+            # Not on an object store: it has no folders, and gcsfs' mkdir
+            # would create a missing bucket instead of reporting it.
+            path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write_probe_{uuid.uuid4().hex}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        reason = e.strerror or str(e) or type(e).__name__
+        reason = e.strerror or f"{type(e).__name__}: {e}"  # gcsfs sets no strerror.
         raise WorkdirError(
             f"--workdir cannot be written ({reason}). Received: --workdir={workdir}"
         ) from e

@@ -15,7 +15,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import fsspec.config
 import portpicker
+import pytest
 
 BUCKET = "bucket"
 
@@ -76,3 +78,20 @@ def running(log: Path, timeout: float = 30) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory) -> Iterator[str]:
+    """The emulator's URL; this process' environment points at it until the module ends.
+
+    Subprocesses started with tests.helpers.env() inherit the variables.
+    """
+    log = tmp_path_factory.mktemp("gcs_emulator") / "emulator.log"
+    with running(log) as url, pytest.MonkeyPatch.context() as patch:
+        for name, value in variables(url).items():
+            patch.setenv(name, value)
+        # Listings the launcher's processes write must be seen here (see
+        # launcher.workdir.no_listing_cache).
+        for protocol in ("gs", "gcs"):
+            patch.setitem(fsspec.config.conf, protocol, {"use_listings_cache": False})
+        yield url

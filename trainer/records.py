@@ -21,9 +21,9 @@ class JsonLines:
     on `write`, and on every `flush()` (the trainer flushes at each epoch's
     end, which Keras reaches on preemption too). The object's earlier lines
     (a resumed run's) are read once and kept, so readers see the same file in
-    both places. A process killed outright loses at most the last `flush_s`
-    seconds of lines; the steps they described are trained (and logged)
-    again from the last checkpoint.
+    both places. A process killed outright (SIGKILL, a lost host) loses the
+    lines of its last `flush_s` seconds at most; those after the last
+    checkpoint are logged again by the resumed run.
 
     Example:
         sink = JsonLines("gs://bucket/run/metrics.jsonl")
