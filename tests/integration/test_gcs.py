@@ -94,6 +94,8 @@ def scenario(gcs, tmp_path_factory):  # noqa: F811
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+        for pid in launcher_pids(WORKDIR):  # simulate.py's children, if it died first.
+            os.kill(pid, signal.SIGKILL)
     out["killed_rc"] = proc.returncode
     out["killed_output"] = killed_output.decode(errors="replace")
     out["finals_after_kill"] = _gs_finals()

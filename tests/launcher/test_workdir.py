@@ -8,6 +8,7 @@ from etils import epath
 
 from launcher import workdir
 from tests.gcs_emulator import BUCKET, gcs  # noqa: F401  (the fixture)
+from tests.helpers import launcher
 
 
 def test_local_workdir_is_created_absolute_and_left_clean(tmp_path, monkeypatch):
@@ -32,6 +33,16 @@ def test_gs_workdir_in_a_missing_bucket_is_refused_in_one_line(gcs):  # noqa: F8
     assert message.startswith("--workdir cannot be written (FileNotFoundError")
     assert message.endswith("Received: --workdir=gs://no-such-bucket/run")
     assert not epath.Path("gs://no-such-bucket").exists()
+
+
+def test_launcher_exits_2_in_one_line_for_a_missing_bucket(gcs):  # noqa: F811
+    r = launcher("--config=configs/lm.py:tiny", "--workdir=gs://no-such-bucket/run")
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("launcher:")]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("launcher: --workdir cannot be written (FileNotFoundError")
+    assert lines[0].endswith(" Received: --workdir=gs://no-such-bucket/run")
+    assert "Traceback" not in r.stderr
 
 
 def test_missing_workdir_is_refused():
