@@ -17,11 +17,18 @@ class _Tagged(logging.PythonFormatter):
         return f"{self._tag} {super().format(record)}"
 
 
+# Libraries whose INFO lines are internals: Orbax (several per save), and
+# fsspec / gcsfs on gs:// (one per object read).
+_QUIET = ("/orbax/", "/fsspec/", "/gcsfs/")
+
+
 class _QuietLibraries(std_logging.Filter):
-    """Drops INFO lines from Orbax internals (several per save); warnings pass."""
+    """Drops INFO lines from the `_QUIET` libraries; warnings pass."""
 
     def filter(self, record):
-        return record.levelno > std_logging.INFO or "/orbax/" not in record.pathname
+        return record.levelno > std_logging.INFO or not any(
+            name in record.pathname for name in _QUIET
+        )
 
 
 def setup(process_index: int, log_dir: str) -> str:
