@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 import zlib
 from typing import Literal
@@ -193,8 +194,14 @@ def write(step_dir: epath.PathLike, files: dict[str, dict] | None = None) -> epa
     }
     target = manifest_path(step_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(document, indent=1, sort_keys=True)
+    if "://" in os.fspath(step_dir):
+        # An object store (gs://) writes an object whole or not at all, and
+        # has no rename: gcsfs would copy and delete.
+        target.write_text(text)
+        return target
     tmp = target.parent / (MANIFEST_NAME + _TMP_SUFFIX)
-    tmp.write_text(json.dumps(document, indent=1, sort_keys=True))
+    tmp.write_text(text)
     tmp.rename(target)  # Atomic on POSIX file systems: whole or absent.
     return target
 

@@ -18,18 +18,21 @@ import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from pathlib import Path  # noqa: E402
-
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from configs.validation import ConfigError, validate  # noqa: E402
-from launcher import allocator, distributed, logs  # noqa: E402
+from launcher import allocator, distributed, logs, workdir  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/lm.py or configs/lm.py:tiny."
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory or bucket URL (gs://...) for checkpoints and metrics."
+)
+_LOGDIR = flags.DEFINE_string(
+    "logdir", None, "Local folder for per-process logs (default: <workdir>/logs, or a temp folder)."
+)
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 (local runs)."
 )
@@ -87,20 +90,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _usage_exit(_last_line(e))
 
 
-def _writable_workdir(workdir: str | None) -> Path:
-    if not workdir:
-        _usage_exit("--workdir is required. Received: --workdir=None")
-    path = Path(workdir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write_probe_{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        _usage_exit(f"--workdir cannot be written ({e.strerror}). Received: --workdir={workdir}")
-    return path
-
-
 def main(argv: list[str]) -> None:
     memory = allocator.keep_freed_memory()  # Before any large buffer exists.
     if len(argv) > 1:
@@ -123,12 +112,15 @@ def main(argv: list[str]) -> None:
         _usage_exit(str(e))
     except OSError as e:  # config_flags defers a config file it could not load.
         _usage_exit(f"--config: {_last_line(e)}")
-    workdir = _writable_workdir(_WORKDIR.value)
+    try:
+        run_dir = workdir.writable(_WORKDIR.value)
+    except workdir.WorkdirError as e:
+        _usage_exit(str(e))
 
     distributed.initialize(dist)
     import jax  # noqa: PLC0415  (after the JAX configuration above)
 
-    log_path = logs.setup(jax.process_index(), workdir)
+    log_path = logs.setup(jax.process_index(), workdir.log_dir(_WORKDIR.value, _LOGDIR.value))
     try:
         validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
         distributed.check_same_config(config.to_dict(), _HEARTBEAT_TIMEOUT.value)
@@ -141,7 +133,7 @@ def main(argv: list[str]) -> None:
     from trainer.train import train  # noqa: PLC0415  (imports Keras with the JAX backend)
 
     try:
-        train(config, workdir)
+        train(config, run_dir)
     except Preempted as e:
         logging.warning("%s; relaunch the same command to resume", e)
         sys.exit(EXIT_PREEMPTED)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import keras
 from absl import logging
+from etils import epath
+
+from trainer.records import JsonLines
 
 
 def _floats(logs) -> dict:
@@ -15,23 +16,22 @@ def _floats(logs) -> dict:
 
 
 class MetricsLogger(keras.callbacks.Callback):
-    """Appends metrics as JSON lines to `path` and logs progress.
+    """Appends metrics as JSON lines to `path` (local or gs://) and logs progress.
 
     Built with `enabled=False` on every process but the first, so the host-0
     decision is taken once, not in the loop.
     """
 
-    def __init__(self, path: Path, *, log_every: int, total_steps: int, enabled: bool):
+    def __init__(self, path: epath.PathLike, *, log_every: int, total_steps: int, enabled: bool):
         super().__init__()
-        self._path = Path(path)
+        self._sink = JsonLines(path) if enabled else None
         self._log_every = log_every
         self._total = total_steps
         self._enabled = enabled
         self._start = time.monotonic()
 
     def _write(self, record: dict) -> None:
-        with self._path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._sink.write(record)
 
     def _step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())
@@ -54,6 +54,7 @@ class MetricsLogger(keras.callbacks.Callback):
             return
         record = {"epoch": epoch + 1, "step": self._step(), **_floats(logs)}
         self._write(record)
+        self._sink.flush()  # A remote file is rewritten here at least.
         logging.info(
             "epoch %d done: %s",
             epoch + 1,

@@ -5,15 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import keras
 import numpy as np
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 import checkpointing
+from checkpointing import layout
 from configs import validation
 from trainer import data, mesh, models
 from trainer.callbacks import MetricsLogger, SyncEvalSteps
@@ -44,7 +45,9 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def _checkpoint_callback(config, directory: Path, steps_per_epoch: int) -> keras.callbacks.Callback:
+def _checkpoint_callback(
+    config, directory: epath.Path, steps_per_epoch: int
+) -> keras.callbacks.Callback:
     ck = config.checkpoint
     position = {"seed": config.data.seed, "global_batch_size": config.data.global_batch_size}
     return checkpointing.OrbaxCheckpoint(
@@ -80,12 +83,13 @@ def _fit_segments(start_step: int, epochs: int, steps_per_epoch: int):
         yield epoch, epochs, steps_per_epoch, epoch * steps_per_epoch
 
 
-def train(config, workdir: str | Path) -> TrainResult:
+def train(config, workdir: epath.PathLike) -> TrainResult:
     """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
-    Every process calls this with the same config.
+    Every process calls this with the same config. `workdir` may be local or
+    a bucket URL (gs://bucket/run): every file goes through `etils.epath`.
     """
-    workdir = Path(workdir).absolute()  # Orbax wants absolute paths.
+    workdir = epath.Path(layout.root(workdir))  # Absolute when local: Orbax wants that.
     process_index, process_count = jax.process_index(), jax.process_count()
     is_primary = process_index == 0
     mesh_shape = validation.validate(
