@@ -24,7 +24,7 @@ from tests.helpers import (
     wait_for_step,
     wait_for_text,
 )
-from trainer.preemption import EXIT_PREEMPTED
+from launcher.exits import EXIT_PREEMPTED
 
 pytestmark = pytest.mark.multiprocess
 
