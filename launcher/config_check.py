@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 
-import jax
-
 from launcher.usage import UsageError
 
 _NAMESPACE = "podfit/config"
@@ -32,32 +30,41 @@ def _first_difference(ours: dict, theirs: dict, process_index: int) -> str:
     )
 
 
-def check_same_config(config: dict, timeout_s: float) -> None:
+def check_same_config(
+    config: dict, timeout_s: float, *, process_index: int, process_count: int
+) -> None:
     """Raises UsageError on every process if any process' config differs from process 0's.
+
+    Calls per process: 3 to the coordination service (4 on process 0), 2
+    more on a process whose config differs; none with one process.
 
     Args:
       config: This process' resolved config, as a dict.
       timeout_s: Timeout of every wait (a peer that never publishes).
+      process_index: This process.
+      process_count: All processes.
 
     Raises:
       UsageError: Naming the first field that differs (the lowest differing
         process' line, the same on every process).
     """
-    from checkpointing.coordination import Coordinator, _client  # noqa: PLC0415
-
-    index, count = jax.process_index(), jax.process_count()
-    if count == 1:
+    if process_count == 1:
         return
-    coordinator = Coordinator(index, count, _NAMESPACE, timeout_s)
+    from jax._src.distributed import global_state  # noqa: PLC0415  (the coordination client)
+
+    from checkpointing.coordination import Coordinator  # noqa: PLC0415
+
+    client = global_state.client
+    coordinator = Coordinator(process_index, process_count, _NAMESPACE, timeout_s)
     mine = json.dumps(config, sort_keys=True, default=str)
     digest = hashlib.sha256(mine.encode()).hexdigest()
-    if index == 0:
+    if process_index == 0:
         coordinator.share("config", 0, mine)  # Read only by a process that differs.
     if coordinator.share("sha256", 0, digest) != digest:
         theirs = json.loads(coordinator.share("config", 0, mine))
-        line = _first_difference(json.loads(mine), theirs, index)
-        _client().key_value_set(f"{_NAMESPACE}/mismatch/{index:08d}", line)
-    coordinator.barrier("config_checked", 0)
-    mismatches = sorted(_client().key_value_dir_get(f"{_NAMESPACE}/mismatch/"))
+        line = _first_difference(json.loads(mine), theirs, process_index)
+        client.key_value_set(f"{_NAMESPACE}/mismatch/{process_index:08d}", line)
+    client.wait_at_barrier(f"{_NAMESPACE}/checked", int(timeout_s * 1000))
+    mismatches = sorted(client.key_value_dir_get(f"{_NAMESPACE}/mismatch/"))
     if mismatches:
         raise UsageError(mismatches[0][1])

@@ -61,6 +61,11 @@ def check_on_devices(config, timeout_s: float) -> None:
 
     try:
         validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-        check_same_config(config.to_dict(), timeout_s)
+        check_same_config(
+            config.to_dict(),
+            timeout_s,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
     except (ConfigError, UsageError) as e:
         usage_exit(str(e))
