@@ -1,29 +1,36 @@
-"""Distributed start-up: CPU simulation settings and jax.distributed.initialize."""
+"""Which job this process belongs to, and joining it before JAX touches a device.
+
+Local multi-process simulation gives --coordinator_address, --num_processes,
+--process_id and --num_cpu_devices (scripts/simulate.py sets them). With none
+of them, Cloud TPU pods and clusters JAX knows are detected; otherwise one
+process runs alone.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import faulthandler
-import json
-import os
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass
 
 import jax
-from absl import logging
+from absl import flags, logging
 
-from checkpointing.metadata import flatten_with_paths
+from launcher.joining import join_with_deadline
+from launcher.usage import UsageError
 
-# The documented "preempted; relaunch the same command" code (trainer.preemption.EXIT_PREEMPTED,
-# not imported: that module imports Keras, which must wait for the JAX configuration).
-EXIT_PREEMPTED = 75
-
-
-class UsageError(ValueError):
-    """Command-line flags that cannot work together; exit code 2."""
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (local runs)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (local runs).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process' index (local runs).")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 60, "Seconds without a heartbeat after which a peer counts as dead."
+)
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "init_timeout_s", 300, "Seconds to wait at start-up for every process to join."
+)
+_NUM_CPU_DEVICES = flags.DEFINE_integer(
+    "num_cpu_devices", None, "Simulate this many CPU devices per process."
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,18 @@ class DistributedFlags:
     heartbeat_timeout_s: int = 60
     # How long to wait for every process to join at start-up.
     init_timeout_s: int = 300
+
+    @classmethod
+    def from_flags(cls) -> DistributedFlags:
+        """The values of this module's flags (after absl parsed them)."""
+        return cls(
+            _COORDINATOR.value,
+            _NUM_PROCESSES.value,
+            _PROCESS_ID.value,
+            _NUM_CPU_DEVICES.value,
+            _HEARTBEAT_TIMEOUT.value,
+            _INIT_TIMEOUT.value,
+        )
 
     def check(self) -> None:
         """Raises UsageError for inconsistent flags, naming the received values."""
@@ -55,18 +74,10 @@ class DistributedFlags:
                 f"--process_id must be in [0, num_processes={self.num_processes}). "
                 f"Received: process_id={self.process_id}"
             )
-        if self.init_timeout_s < 1:
-            raise UsageError(
-                f"--init_timeout_s must be >= 1. Received: init_timeout_s={self.init_timeout_s}"
-            )
-        if self.heartbeat_timeout_s < 1:
-            raise UsageError(
-                f"--heartbeat_timeout_s must be >= 1. Received: heartbeat_timeout_s={self.heartbeat_timeout_s}"
-            )
-        if self.num_cpu_devices is not None and self.num_cpu_devices < 1:
-            raise UsageError(
-                f"--num_cpu_devices must be >= 1. Received: num_cpu_devices={self.num_cpu_devices}"
-            )
+        for name in ("init_timeout_s", "heartbeat_timeout_s", "num_cpu_devices"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name} must be >= 1. Received: {name}={value}")
 
 
 def _cluster_detected() -> bool:
@@ -76,100 +87,18 @@ def _cluster_detected() -> bool:
     return any(env.is_env_present() for env in clusters.ClusterEnv._cluster_types)
 
 
-def _preempted_while_joining(signum: int) -> None:
-    """Leaves with EXIT_PREEMPTED at once: nothing trained, nothing to save."""
-    logging.warning(
-        "signal %d while joining the job: exiting %d before any step "
-        "(nothing to checkpoint); relaunch the same command",
-        signum,
-        EXIT_PREEMPTED,
-    )
-    for handler in logging.get_absl_logger().handlers + [logging.get_absl_handler()]:
-        handler.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_PREEMPTED)
-
-
-@contextlib.contextmanager
-def _sigterm_exits_preempted():
-    """A SIGTERM inside the block exits the process with EXIT_PREEMPTED.
-
-    `jax.distributed.initialize` blocks in C++ until every process has
-    joined, so a Python signal handler would only run after it returns. The
-    C-level part of Python's signal handling still writes the signal number
-    to the wakeup fd; a thread blocked reading it exits the process.
-    On leaving, the previous handler and wakeup fd are back (JAX's
-    preemption notifier must be installed after that, see `_join_with_deadline`).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Signal handlers can only be set from the main thread.
-        return
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)  # The wakeup fd must not block the C handler.
-
-    def watch() -> None:
-        while data := os.read(read_fd, 64):
-            if signal.SIGTERM in data:
-                _preempted_while_joining(signal.SIGTERM)
-        os.close(read_fd)
-
-    # If the main thread is back in Python first, the handler itself runs.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _preempted_while_joining(signum))
-    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    threading.Thread(target=watch, name="sigterm-while-joining", daemon=True).start()
-    try:
-        yield
-    finally:
-        signal.set_wakeup_fd(previous_fd)
-        signal.signal(signal.SIGTERM, previous)
-        os.close(write_fd)  # The watcher reads EOF and ends.
-
-
-def _join_with_deadline(seconds: int, **kwargs) -> None:
-    """jax.distributed.initialize, but the process exits 1 if joining takes longer.
-
-    A coordinator whose peer died before joining was seen waiting past JAX's
-    own `initialization_timeout`, holding the GIL; faulthandler's watchdog
-    runs in C, prints where the process was stuck, and exits regardless.
-
-    A SIGTERM while joining exits EXIT_PREEMPTED at once. JAX's preemption
-    service (its own C-level SIGTERM handler, see trainer/preemption.py) is
-    started only after our handler is gone, so that restoring ours does not
-    replace JAX's.
-    """
-    from jax._src import distributed as jax_distributed  # The preemption service's switch.
-
-    logging.info(
-        "joining %s; giving up after %ds",
-        kwargs.get("coordinator_address") or "the cluster",
-        seconds,
-    )
-    preemption_service = jax.config.jax_enable_preemption_service
-    faulthandler.dump_traceback_later(seconds + 5, exit=True)
-    try:
-        with _sigterm_exits_preempted():
-            jax.config.update("jax_enable_preemption_service", False)
-            try:
-                jax.distributed.initialize(**kwargs)
-            finally:
-                jax.config.update("jax_enable_preemption_service", preemption_service)
-    finally:
-        faulthandler.cancel_dump_traceback_later()
-    if preemption_service:
-        jax_distributed.global_state.initialize_preemption_sync_manager()
+def _simulate_cpu_devices(count: int) -> None:
+    """Local simulation: `count` CPU devices per process, gloo for cross-process collectives."""
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", count)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    logging.info("CPU simulation: %d devices per process, gloo collectives", count)
 
 
 def initialize(flags: DistributedFlags) -> None:
     """Configures JAX and joins the job; must run before JAX touches a device."""
     if flags.num_cpu_devices is not None:
-        # Local simulation: D CPU devices per process, gloo for cross-process collectives.
-        jax.config.update("jax_platforms", "cpu")
-        jax.config.update("jax_num_cpu_devices", flags.num_cpu_devices)
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        logging.info(
-            "CPU simulation: %d devices per process, gloo collectives", flags.num_cpu_devices
-        )
+        _simulate_cpu_devices(flags.num_cpu_devices)
     timeouts = dict(
         initialization_timeout=flags.init_timeout_s,
         heartbeat_timeout_seconds=flags.heartbeat_timeout_s,
@@ -178,7 +107,7 @@ def initialize(flags: DistributedFlags) -> None:
     )
     if flags.coordinator_address is not None:
         if flags.num_processes > 1:
-            _join_with_deadline(
+            join_with_deadline(
                 flags.init_timeout_s,
                 coordinator_address=flags.coordinator_address,
                 num_processes=flags.num_processes,
@@ -187,7 +116,7 @@ def initialize(flags: DistributedFlags) -> None:
             )
     elif _cluster_detected():
         # Cloud TPU pods and clusters JAX knows.
-        _join_with_deadline(flags.init_timeout_s, **timeouts)
+        join_with_deadline(flags.init_timeout_s, **timeouts)
 
 
 def topology_line() -> str:
@@ -197,35 +126,6 @@ def topology_line() -> str:
         f"process {jax.process_index()}/{jax.process_count()}: {len(local)} local of "
         f"{jax.device_count()} {local[0].platform} devices ({local[0].device_kind})"
     )
-
-
-def check_same_config(config: dict, timeout_s: int) -> None:
-    """Every process publishes its resolved config and reads everyone's.
-
-    A difference is a UsageError on every process naming the first field that
-    differs, instead of a hang or a silent divergence later.
-    """
-    if jax.process_count() == 1:
-        return
-    from jax._src.distributed import global_state  # The coordination service client.
-
-    client = global_state.client
-    mine = json.dumps(config, sort_keys=True, default=str)
-    client.key_value_set(f"podfit/config/{jax.process_index()}", mine)
-    published = [
-        client.blocking_key_value_get(f"podfit/config/{i}", timeout_s * 1000)
-        for i in range(jax.process_count())
-    ]
-    for index, theirs in enumerate(published[1:], start=1):
-        if theirs == published[0]:
-            continue
-        a, b = flatten_with_paths(json.loads(published[0])), flatten_with_paths(json.loads(theirs))
-        path = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), "?")
-        field = path.replace("/", ".")  # Config keys hold no "/".
-        raise UsageError(
-            f"config.{field} differs between processes: process 0 has {a.get(path)!r}. "
-            f"Received: process {index} has {field}={b.get(path)!r}"
-        )
 
 
 def leave_together(name: str, timeout_s: float = 10.0) -> None:

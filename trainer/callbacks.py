@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import keras
@@ -20,7 +21,17 @@ class MetricsLogger(keras.callbacks.Callback):
 
     Built with `enabled=False` on every process but the first, so the host-0
     decision is taken once, not in the loop.
+
+    Async-safe: Keras runs `on_train_batch_end` on a thread pool (it has
+    converted the logs to floats there, so the training thread never waits
+    for the device), possibly several at once and out of order. The step is
+    counted on the host (the optimizer's counter is read once per `fit`), and
+    records are written under a lock in step order: a batch's line waits
+    until every earlier batch of the epoch has ended. `on_epoch_end` runs in
+    the training thread after all batch ends of the epoch.
     """
+
+    async_safe = True
 
     def __init__(self, path: epath.PathLike, *, log_every: int, total_steps: int, enabled: bool):
         super().__init__()
@@ -29,31 +40,59 @@ class MetricsLogger(keras.callbacks.Callback):
         self._total = total_steps
         self._enabled = enabled
         self._start = time.monotonic()
+        self._lock = threading.Lock()
+        self._epoch_start = 0  # Global step before the epoch's first batch.
+        self._ended: set[int] = set()  # Batches ended, not yet passed in order.
+        self._pending: dict[int, dict] = {}  # Records waiting for earlier batches.
+        self._next = 0  # The next batch (in the epoch) to pass in order.
 
     def _write(self, record: dict) -> None:
         self._sink.write(record)
 
-    def _step(self) -> int:
-        return int(self.model.optimizer.iterations.numpy())
+    def on_train_begin(self, logs=None):
+        if self._enabled:
+            self._epoch_start = int(self.model.optimizer.iterations)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        with self._lock:
+            self._ended, self._pending, self._next = set(), {}, 0
 
     def on_train_batch_end(self, batch, logs=None):
-        if not self._enabled or (batch + 1) % self._log_every:
+        if not self._enabled:
             return
-        step = self._step()
-        record = {"step": step, "time": round(time.monotonic() - self._start, 3), **_floats(logs)}
-        self._write(record)
+        with self._lock:
+            self._ended.add(batch)
+            if not (batch + 1) % self._log_every:
+                step = self._epoch_start + batch + 1
+                self._pending[batch] = {"step": step, **_floats(logs)}
+            while self._next in self._ended:  # Every batch up to here has ended.
+                self._ended.discard(self._next)
+                record = self._pending.pop(self._next, None)
+                self._next += 1
+                if record is not None:
+                    self._emit(record)
+
+    def _emit(self, record: dict) -> None:
+        metrics = {k: v for k, v in record.items() if k != "step"}
+        # When written (in step order), so that times rise with the steps.
+        self._write(
+            {"step": record["step"], "time": round(time.monotonic() - self._start, 3), **metrics}
+        )
         logging.info(
             "step %d/%d %s",
-            step,
+            record["step"],
             self._total,
-            " ".join(f"{k}={v:.4f}" for k, v in _floats(logs).items()),
+            " ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
         )
 
     def on_epoch_end(self, epoch, logs=None):
         if not self._enabled:
             return
-        record = {"epoch": epoch + 1, "step": self._step(), **_floats(logs)}
-        self._write(record)
+        with self._lock:
+            # Keras has waited for every batch end of the epoch: all passed.
+            self._epoch_start += self._next
+            record = {"epoch": epoch + 1, "step": self._epoch_start, **_floats(logs)}
+            self._write(record)
         self._sink.flush()  # A remote file is rewritten here at least.
         logging.info(
             "epoch %d done: %s",
@@ -79,3 +118,67 @@ class SyncEvalSteps(keras.callbacks.Callback):
         import jax  # noqa: PLC0415
 
         jax.block_until_ready(logs)
+
+
+class BoundStepsInFlight(keras.callbacks.Callback):
+    """Before dispatching a training step, waits for the earlier ones to finish.
+
+    For the CPU simulation only (several CPU devices in one process), not
+    for accelerators. With Keras' async callback dispatch the training thread
+    dispatches step after step, and Keras' thread pool converts each step's
+    logs to floats (device-to-host copies) meanwhile. On CPU both compete for
+    XLA's CPU thread pool with the collectives of the step running, whose
+    participants must all get a thread: with 8 devices in one process the LM
+    config's `fit` aborted in XLA ("Termination timeout for all reduce ...
+    only 1 of them arrived", after 40 s), around step 30-50 of 80, also with
+    every step waited for before the next (the copies still piled up). What
+    ran through is what the per-step conversion in the training thread did:
+    the next step is dispatched once the previous step's logs are converted.
+    This callback restores that order on CPU, `max_in_flight` steps at once
+    (1 is what ran), and keeps async dispatch on for the other callbacks. On
+    accelerators the host must run ahead of the device; there this callback
+    is not added.
+
+    Must come first in the callback list: its `on_train_batch_end` (Keras'
+    thread pool) then runs right after Keras converted the logs.
+    """
+
+    async_safe = True
+
+    def __init__(self, max_in_flight: int = 1, timeout_s: float = 300.0):
+        super().__init__()
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1. Received: max_in_flight={max_in_flight}")
+        self._max = max_in_flight
+        self._timeout_s = timeout_s
+        self._done = threading.Condition()
+        self._begun = 0
+        self._ended = 0
+
+    def on_train_begin(self, logs=None):
+        with self._done:
+            self._begun = self._ended = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        import jax  # noqa: PLC0415
+
+        # The previous step's outputs, which the JAX trainer keeps between
+        # steps (not `self.model`: that would sync them into the variables).
+        # Waiting on them raises a failed step here, in the training thread.
+        state = getattr(self._model, "_jax_state", None)
+        if state and self._begun:
+            jax.block_until_ready(state["optimizer_variables"])
+        with self._done:
+            if not self._done.wait_for(
+                lambda: self._begun - self._ended < self._max, timeout=self._timeout_s
+            ):
+                raise RuntimeError(
+                    f"the logs of step {self._ended + 1} of this fit were not converted "
+                    f"within {self._timeout_s}s (a callback on Keras' thread pool failed?)"
+                )
+            self._begun += 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        with self._done:
+            self._ended += 1
+            self._done.notify_all()

@@ -49,11 +49,34 @@ class DataShard:
     count: int
 
 
+def device_array(mesh_shape: Sequence[int], axis_names: Sequence[str]) -> np.ndarray:
+    """All global devices laid out as the mesh, in a topology-aware order.
+
+    `jax.make_mesh` (mesh_utils.create_device_mesh underneath) puts devices
+    that talk the most next to each other on TPU and GPU topologies, where
+    flat `jax.devices()` order does not. The same array must give both the
+    distribution and `process_grid`, so that each process feeds the rows its
+    devices hold.
+    """
+    return jax.make_mesh(tuple(mesh_shape), tuple(axis_names), devices=jax.devices()).devices
+
+
 def build_distribution(
-    mesh_shape: Sequence[int], axis_names: Sequence[str], layout_rules: Sequence[tuple[str, tuple]]
+    mesh_shape: Sequence[int],
+    axis_names: Sequence[str],
+    layout_rules: Sequence[tuple[str, tuple]],
+    devices: np.ndarray | None = None,
 ) -> keras.distribution.Distribution:
-    """Returns the keras.distribution for the mesh over all global devices."""
-    devices = jax.devices()
+    """Returns the keras.distribution for the mesh over all global devices.
+
+    Args:
+      mesh_shape: The mesh's shape.
+      axis_names: Its axis names; the batch axis is `data`.
+      layout_rules: (regex, spec) pairs, the first match wins.
+      devices: `device_array(mesh_shape, axis_names)` (the default).
+    """
+    if devices is None:
+        devices = device_array(mesh_shape, axis_names)
     mesh = keras.distribution.DeviceMesh(tuple(mesh_shape), list(axis_names), devices)
     if tuple(axis_names) == (BATCH_AXIS,):
         return keras.distribution.DataParallel(device_mesh=mesh, auto_shard_dataset=False)
@@ -63,16 +86,17 @@ def build_distribution(
     )
 
 
-def process_grid(mesh_shape: Sequence[int]) -> np.ndarray:
-    """The process index of each device, laid out as the mesh lays them out."""
-    return np.asarray([d.process_index for d in jax.devices()]).reshape(tuple(mesh_shape))
+def process_grid(devices: np.ndarray) -> np.ndarray:
+    """The process index of each device of the mesh's device array, in its layout."""
+    return np.vectorize(lambda d: d.process_index, otypes=[int])(devices)
 
 
 def data_shard(grid: np.ndarray, axis_names: Sequence[str], process_index: int) -> DataShard:
     """The slice of each global batch that `process_index` feeds.
 
     Args:
-      grid: `process_grid(mesh_shape)`: the process owning each mesh position.
+      grid: `process_grid(devices)` of the distribution's device array: the
+        process owning each mesh position.
       axis_names: the mesh axis names; the batch axis is `data`.
       process_index: this process.
 

@@ -4,8 +4,8 @@ With several processes, JAX's preemption service (part of the coordination
 service, on by default) catches SIGTERM on any process and agrees on a step
 (`multihost_utils.reached_preemption_sync_point`). A lone process uses its
 own SIGTERM handler. Training stops after that step; the checkpoint
-callback's `on_train_end` then commits it, and the launcher exits with
-`EXIT_PREEMPTED`.
+callback's `on_train_end` then commits it, and the trainer raises
+`Preempted` (the launcher exits with its documented code, 75).
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ import jax
 import keras
 from absl import logging
 from jax.experimental import multihost_utils
-
-# Documented in the README: "preempted, checkpoint saved; relaunch to resume".
-EXIT_PREEMPTED = 75
 
 
 class Preempted(Exception):
@@ -60,7 +57,12 @@ class PreemptionWatch(keras.callbacks.Callback):
         # training step's sync point (or, after the last epoch, by the end).
         logging.info("validation begins after step %d", self._step)
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_begin(self, batch, logs=None):
+        # Here, not in on_train_batch_end: Keras runs that on a thread pool
+        # (async dispatch), out of step order, while this runs in the training
+        # thread before each step, in order on every process. The step about
+        # to run is the sync point's number; stop_training set now ends `fit`
+        # right after that step, on every process alike.
         self._step += 1
         if self._multi:
             reached = multihost_utils.reached_preemption_sync_point(self._step)

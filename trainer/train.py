@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 
@@ -11,14 +12,20 @@ import keras
 import numpy as np
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 
 import checkpointing
 from checkpointing import layout
+from checkpointing.coordination import Coordinator
 from configs import validation
 from trainer import data, mesh, models
-from trainer.callbacks import MetricsLogger, SyncEvalSteps
+from trainer.callbacks import BoundStepsInFlight, MetricsLogger, SyncEvalSteps
+from trainer.checkpoint import AsyncSafeCheckpoint
 from trainer.preemption import Preempted, PreemptionWatch
+
+# Same program on every process: the n-th digest is the n-th on all.
+_digest_calls = itertools.count()
+# Training steps dispatched but not finished, on CPU with several devices (BoundStepsInFlight).
+_CPU_STEPS_IN_FLIGHT = 1
 
 
 @dataclass(frozen=True)
@@ -31,18 +38,42 @@ class TrainResult:
     history: dict
 
 
-def weights_digest(model: keras.Model) -> str:
-    """SHA-256 of every variable's full value, gathered on each process.
+def _local_shards_digest(model: keras.Model) -> str:
+    """SHA-256 of the shards this process holds the first replica of.
 
-    A collective: every process must call it. Equal digests on all processes
-    and across runs mean bitwise-equal weights.
+    Each shard counts once in the job (`replica_id == 0`), with its variable,
+    its global index, dtype and bytes; only this process' memory is read.
     """
     digest = hashlib.sha256()
     for variable in model.weights:
-        value = np.asarray(multihost_utils.process_allgather(variable.value, tiled=True))
-        digest.update(variable.path.encode())
-        digest.update(np.ascontiguousarray(value).tobytes())
+        value = variable.value
+        shards = [s for s in value.addressable_shards if s.replica_id == 0]
+        for shard in sorted(shards, key=lambda s: [(i.start, i.stop) for i in s.index]):
+            index = [(i.start, i.stop) for i in shard.index]
+            digest.update(f"{variable.path}|{index}|{value.dtype}|".encode())
+            digest.update(np.ascontiguousarray(np.asarray(shard.data)).tobytes())
     return digest.hexdigest()
+
+
+def weights_digest(model: keras.Model, timeout_s: float = 300.0) -> str:
+    """One SHA-256 of all weights, the same on every process.
+
+    Each process hashes the shards it holds the first replica of; process 0
+    gathers these digests (not the weights) through the coordination
+    service, combines them in process order and shares the result: one set
+    and one get per process, N gets on process 0. Equal weights under the
+    same topology (mesh and processes) give equal digests, so the digest
+    compares an interrupted and an uninterrupted run, or processes.
+
+    A collective: every process must call it, in the same order.
+    """
+    coordinator = Coordinator(
+        jax.process_index(), jax.process_count(), "podfit/weights_digest", timeout_s
+    )
+    call = next(_digest_calls)
+    parts = coordinator.gather("shards", call, _local_shards_digest(model), everyone=False)
+    combined = hashlib.sha256("".join(parts).encode()).hexdigest()
+    return coordinator.share("sha256", call, combined)
 
 
 def _checkpoint_callback(
@@ -50,7 +81,7 @@ def _checkpoint_callback(
 ) -> keras.callbacks.Callback:
     ck = config.checkpoint
     position = {"seed": config.data.seed, "global_batch_size": config.data.global_batch_size}
-    return checkpointing.OrbaxCheckpoint(
+    return AsyncSafeCheckpoint(
         directory=str(directory),
         monitor=ck.monitor,
         save_best_only=ck.save_best_only,
@@ -68,6 +99,36 @@ def _checkpoint_callback(
         on_write_error=ck.on_write_error,
         drop_page_cache=ck.drop_page_cache,
     )
+
+
+def build_callbacks(
+    config, workdir: epath.Path, preemption: PreemptionWatch, *, is_primary: bool
+) -> list[keras.callbacks.Callback]:
+    """The callbacks of every `fit`; all async-safe, so Keras' async dispatch stays on.
+
+    Whatever must see the exact step's state (the preemption sync point,
+    the save decision) runs in synchronous hooks (`on_train_batch_begin`,
+    `on_epoch_end`); `on_train_batch_end` runs on Keras' thread pool.
+    """
+    tr = config.trainer
+    callbacks = []
+    cpu_devices = jax.default_backend() == "cpu" and jax.local_device_count() > 1
+    if cpu_devices:  # The CPU simulation only, and first; see BoundStepsInFlight.
+        callbacks.append(BoundStepsInFlight(_CPU_STEPS_IN_FLIGHT))
+    callbacks += [
+        preemption,
+        MetricsLogger(
+            workdir / "metrics.jsonl",
+            log_every=tr.log_every,
+            total_steps=tr.epochs * tr.steps_per_epoch,
+            enabled=is_primary,
+        ),
+    ]
+    if cpu_devices and jax.process_count() > 1:
+        callbacks.append(SyncEvalSteps())
+    if config.checkpoint.enabled:
+        callbacks.append(_checkpoint_callback(config, workdir / "checkpoints", tr.steps_per_epoch))
+    return callbacks
 
 
 def _fit_segments(start_step: int, epochs: int, steps_per_epoch: int):
@@ -95,13 +156,14 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
     mesh_shape = validation.validate(
         config, num_devices=jax.device_count(), num_processes=process_count
     )
+    # One device array for the mesh and for the rows each process feeds.
+    devices = mesh.device_array(mesh_shape, config.mesh.axis_names)
     distribution = mesh.build_distribution(
-        mesh_shape, config.mesh.axis_names, config.mesh.layout_rules
+        mesh_shape, config.mesh.axis_names, config.mesh.layout_rules, devices
     )
-    shard = mesh.data_shard(mesh.process_grid(mesh_shape), config.mesh.axis_names, process_index)
+    shard = mesh.data_shard(mesh.process_grid(devices), config.mesh.axis_names, process_index)
     splits = data.load_splits(config.data)
     tr = config.trainer
-    total_steps = tr.epochs * tr.steps_per_epoch
 
     preemption = PreemptionWatch()
     with distribution.scope():
@@ -126,19 +188,7 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
                 json.dumps(config.to_dict(), indent=2, default=str)
             )
 
-        callbacks = [
-            preemption,
-            MetricsLogger(
-                workdir / "metrics.jsonl",
-                log_every=tr.log_every,
-                total_steps=total_steps,
-                enabled=is_primary,
-            ),
-        ]
-        if process_count > 1 and jax.default_backend() == "cpu" and jax.local_device_count() > 1:
-            callbacks.append(SyncEvalSteps())
-        if config.checkpoint.enabled:
-            callbacks.append(_checkpoint_callback(config, ckpt_dir, tr.steps_per_epoch))
+        callbacks = build_callbacks(config, workdir, preemption, is_primary=is_primary)
 
         validation_data = None
         if tr.validation_steps:

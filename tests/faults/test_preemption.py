@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from launcher.exits import EXIT_PREEMPTED
 from tests.helpers import (
     committed_steps,
     finals,
@@ -24,7 +25,6 @@ from tests.helpers import (
     wait_for_step,
     wait_for_text,
 )
-from trainer.preemption import EXIT_PREEMPTED
 
 pytestmark = pytest.mark.multiprocess
 

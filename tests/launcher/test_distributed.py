@@ -13,7 +13,7 @@ import jax
 import pytest
 from jax._src import distributed as jax_distributed
 
-from launcher import distributed
+from launcher import joining
 
 
 def _watchers() -> list:
@@ -38,7 +38,7 @@ def test_guard_is_removed_before_the_preemption_service_starts(monkeypatch):
     monkeypatch.setattr(
         jax_distributed.global_state, "initialize_preemption_sync_manager", start_service
     )
-    distributed._join_with_deadline(30, coordinator_address="localhost:1", num_processes=2)
+    joining.join_with_deadline(30, coordinator_address="localhost:1", num_processes=2)
 
     assert seen["kwargs"] == {"coordinator_address": "localhost:1", "num_processes": 2}
     assert seen["service_during_join"] is False  # JAX must not install its handler yet.
@@ -63,7 +63,7 @@ def test_service_disabled_stays_disabled(monkeypatch):
     )
     jax.config.update("jax_enable_preemption_service", False)
     try:
-        distributed._join_with_deadline(30)
+        joining.join_with_deadline(30)
         assert jax.config.jax_enable_preemption_service is False
     finally:
         jax.config.update("jax_enable_preemption_service", True)
@@ -78,7 +78,7 @@ def test_a_failed_join_restores_everything(monkeypatch):
 
     monkeypatch.setattr(jax.distributed, "initialize", initialize)
     with pytest.raises(RuntimeError, match="DEADLINE_EXCEEDED"):
-        distributed._join_with_deadline(30)
+        joining.join_with_deadline(30)
     assert signal.getsignal(signal.SIGTERM) == before
     assert jax.config.jax_enable_preemption_service is True
     assert signal.set_wakeup_fd(-1) == -1

@@ -60,3 +60,34 @@ def test_data_shard(processes, per, shape, names, expected):
     grid = _grid(processes, per, shape)
     got = [mesh.data_shard(grid, names, p) for p in range(processes)]
     assert [(s.index, s.count) for s in got] == expected
+
+
+def test_device_array_is_topology_aware_and_the_distributions():
+    names = ("data", "model")
+    devices = mesh.device_array((4, 2), names)
+    expected = jax.make_mesh((4, 2), names, devices=jax.devices()).devices
+    assert devices.shape == (4, 2)
+    assert [d.id for d in devices.flat] == [d.id for d in expected.flat]
+    # Given another order (as a TPU topology gives), the distribution keeps it.
+    shuffled = np.asarray(jax.devices())[[7, 6, 5, 4, 3, 2, 1, 0]].reshape(4, 2)
+    distribution = mesh.build_distribution((4, 2), names, (), devices=shuffled)
+    assert [d.id for d in distribution.device_mesh.devices.flat] == [7, 6, 5, 4, 3, 2, 1, 0]
+
+
+class _Device:
+    def __init__(self, process_index):
+        self.process_index = process_index
+
+
+def test_data_shard_follows_the_mesh_device_array_not_jax_devices_order():
+    # 2 processes x 4 devices; the mesh puts process 1's devices in the first
+    # batch rows: process 1 feeds the first block of each global batch.
+    devices = np.asarray([_Device(p) for p in (1, 1, 1, 1, 0, 0, 0, 0)]).reshape(4, 2)
+    grid = mesh.process_grid(devices)
+    np.testing.assert_array_equal(grid, [[1, 1], [1, 1], [0, 0], [0, 0]])
+    shards = [mesh.data_shard(grid, ("data", "model"), p) for p in (0, 1)]
+    assert [(s.index, s.count) for s in shards] == [(1, 2), (0, 2)]
+    # Interleaved along the model axis: each row spans both processes.
+    devices = np.asarray([_Device(p) for p in (0, 1) * 4]).reshape(4, 2)
+    shards = [mesh.data_shard(mesh.process_grid(devices), ("data", "model"), p) for p in (0, 1)]
+    assert [(s.index, s.count) for s in shards] == [(0, 1), (0, 1)]

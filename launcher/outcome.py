@@ -1,0 +1,41 @@
+"""Training's outcome -> the process' exit code (0, 2, 75 or 1; see the README)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import jax
+from absl import logging
+
+from launcher import distributed
+from launcher.exits import EXIT_FAILURE, EXIT_PREEMPTED, EXIT_USAGE, exit_now
+
+
+def run(train: Callable[[], object]) -> None:
+    """Runs `train()` and leaves with the code its outcome calls for.
+
+    Imports the trainer's exceptions here: they import Keras, which must wait
+    for the JAX configuration of `distributed.initialize`.
+    """
+    from checkpointing import CheckpointMismatchError  # noqa: PLC0415
+    from configs.validation import ConfigError  # noqa: PLC0415
+    from trainer.preemption import Preempted  # noqa: PLC0415
+
+    try:
+        train()
+    except Preempted as e:
+        logging.warning("%s; relaunch the same command to resume", e)
+        sys.exit(EXIT_PREEMPTED)
+    except (CheckpointMismatchError, ConfigError) as e:
+        # Bad input found once data or checkpoints are read (a split too small
+        # for the config, another model's checkpoints), raised on every
+        # process: one line, exit 2, without JAX's exit-time barrier.
+        if logging.get_verbosity() >= 1:
+            logging.exception("bad input on process %d", jax.process_index())
+        print(f"launcher: {e}", file=sys.stderr)
+        distributed.leave_together("bad_input")
+        exit_now(EXIT_USAGE)
+    except Exception:  # Logged, then the process leaves at once.
+        logging.exception("training failed on process %d", jax.process_index())
+        exit_now(EXIT_FAILURE)
