@@ -67,7 +67,7 @@ class OrbaxCheckpoint(MonitorCallback):
             initial_value_threshold, max_to_keep, save_on_background,
             save_weights_only, keep_best, keep_period, barrier_timeout_s,
             snapshot: The options, as `keras.callbacks.OrbaxCheckpoint` takes
-            the first ten; see `CheckpointOptions` for each.
+            the first nine; see `CheckpointOptions` for each.
         options: All of the above at once; then none of them may be given.
         steps_per_epoch: If given, progress (epoch, step in epoch) is computed
             from the global step; else from `fit`'s counters.

@@ -10,6 +10,7 @@ import pytest
 
 import checkpointing
 from checkpointing import layout
+from checkpointing import metadata as meta
 from checkpointing.options import CheckpointOptions, OptionError
 from tests.checkpointing.common import make_data, make_model
 
@@ -217,10 +218,32 @@ def test_bad_arguments_name_the_argument_and_echo_the_value(tmp_path, kwargs, na
             CheckpointOptions(**options)
 
 
-def test_the_keyword_defaults_are_the_options_defaults():
+def test_the_keyword_defaults_are_the_options_defaults_and_keras_signature():
     signature = inspect.signature(checkpointing.OrbaxCheckpoint)
     defaults = {name: signature.parameters[name].default for name in OPTION_FIELDS}
     assert defaults == dataclasses.asdict(CheckpointOptions())
+    # A drop-in: Keras' parameters, in Keras' order, with Keras' defaults.
+    stock = list(inspect.signature(keras.callbacks.OrbaxCheckpoint).parameters.values())
+    ours = list(signature.parameters.values())[: len(stock)]
+    assert [(p.name, p.default, p.kind) for p in ours] == [
+        (p.name, p.default, p.kind) for p in stock
+    ]
+
+
+def test_scalar_logs_keeps_finite_scalars_as_floats():
+    logs = {
+        "loss": np.float32(0.5),
+        "acc": jax.numpy.asarray(0.25),
+        "n": 3,
+        "nan": float("nan"),
+        "inf": float("inf"),
+        "vector": np.zeros(3),
+        "name": "x",
+    }
+    scalars = meta.scalar_logs(logs)
+    assert scalars == {"loss": 0.5, "acc": 0.25, "n": 3.0}
+    assert all(type(v) is float for v in scalars.values())
+    assert meta.scalar_logs(None) == {}
 
 
 def test_options_object_or_keywords_not_both(tmp_path):
