@@ -354,9 +354,9 @@ def verify_shared(step_dir: epath.PathLike, step: int, coordinator: Coordinator)
     except Exception as e:  # noqa: BLE001 - sent to every process, then raised below.
         failure = e
         entry = json.dumps({"error": f"process {part[0]}: {e!r}", "os": isinstance(e, OSError)})
+    parts = [json.loads(p) for p in coordinator.gather("verify", step, entry)]  # [] unless 0.
     merged = ""
     if coordinator.process_index == 0:
-        parts = [json.loads(p) for p in coordinator.gather("verify", step, entry)]
         errors = [p for p in parts if "error" in p]
         if errors:
             merged = json.dumps(
@@ -364,8 +364,6 @@ def verify_shared(step_dir: epath.PathLike, step: int, coordinator: Coordinator)
             )
         else:
             merged = merge([Verdict.from_json(json.dumps(p)) for p in parts]).to_json()
-    else:
-        coordinator.gather("verify", step, entry)
     shared = json.loads(coordinator.share("verdict", step, merged))
     if "error" in shared:
         if failure is not None:
