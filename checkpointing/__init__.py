@@ -2,7 +2,8 @@
 
 A library: imports jax, keras, orbax and etils, never trainer/ or launcher/.
 
-- `OrbaxCheckpoint`: the callback (drop-in for `keras.callbacks.OrbaxCheckpoint`).
+- `OrbaxCheckpoint`: the callback (drop-in for `keras.callbacks.OrbaxCheckpoint`),
+  configured by keyword arguments or one `CheckpointOptions`.
 - `restore(directory, model, step)`, `restore_latest(directory, model)`:
   read a step into a built model, resharded onto the current topology.
 - `load_model(directory, step=None)`: a new model from a step's stored
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "OrbaxCheckpoint": "checkpointing.callback",
     "CheckpointCorruptError": "checkpointing.manifest",
+    "CheckpointOptions": "checkpointing.options",
     "CheckpointMismatchError": "checkpointing.restoring",
     "CheckpointWriteError": "checkpointing.coordination",
     "PeerFailedError": "checkpointing.coordination",
@@ -48,6 +50,7 @@ if TYPE_CHECKING:  # For type checkers and IDEs; at run time, see __getattr__.
     from checkpointing.loading import load_model  # noqa: F401
     from checkpointing.manifest import CheckpointCorruptError  # noqa: F401
     from checkpointing.metadata import Progress, StepRecord, Topology, Versions  # noqa: F401
+    from checkpointing.options import CheckpointOptions  # noqa: F401
     from checkpointing.restoring import (  # noqa: F401
         CheckpointMismatchError,
         Restored,

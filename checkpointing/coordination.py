@@ -160,6 +160,10 @@ class Coordinator:
     def share(self, name: str, step: int, value: str) -> str:
         """Process 0's `value`, on every process (key-value store, timeout).
 
+        Process 0 makes one call; every other process one wait and one
+        increment, and the last reader deletes the keys, so that a share per
+        save does not accumulate in the coordination service.
+
         Args:
             name: What is shared (part of the key).
             step: The global step (part of the key).
@@ -174,47 +178,47 @@ class Coordinator:
         """
         if not self.multiprocess:
             return value
-        key = f"{self.namespace}/{name}/{step}"
+        prefix = f"{self.namespace}/{name}/{step}"
         if self.process_index == 0:
-            _client().key_value_set(key, value)
+            _client().key_value_set(f"{prefix}/value", value)
             return value
-        return self._wait_for(key, f"process 0 did not share {name} for step {step}")
+        shared = self._wait_for(
+            f"{prefix}/value", f"process 0 did not share {name} for step {step}"
+        )
+        if _client().key_value_increment(f"{prefix}/read", 1) == self.process_count - 1:
+            _client().key_value_delete(f"{prefix}/")
+        return shared
 
-    def gather(self, name: str, step: int, value: str, *, everyone: bool = True) -> list[str]:
-        """Every process' `value`, in process order (key-value store, timeout).
+    def gather(self, name: str, step: int, value: str) -> list[str]:
+        """Every process' `value`, in process order, on process 0 (others get []).
+
+        Each other process makes one set and one increment (the last one to
+        arrive also sets a "complete" key); process 0 waits for that key,
+        reads every value with one directory read and deletes the keys: O(1)
+        calls on every process, whatever the process count.
 
         Args:
             name: What is gathered (part of the key).
             step: The global step (part of the key).
             value: This process' value.
-            everyone: Whether every process gets the list. If False, only
-                process 0 waits for it (the others get an empty list) and
-                deletes the keys once read, so that a gather per save does
-                not accumulate in the coordination service.
 
         Raises:
-            PeerFailedError: If another process failed while this one waited.
+            PeerFailedError: If another process failed while process 0 waited.
             TimeoutError: If a process did not send its value within the
-                timeout (one deadline for the whole gather).
+                timeout (process 0).
         """
         if not self.multiprocess:
             return [value]
         prefix = f"{self.namespace}/{name}/{step}"
-        if everyone or self.process_index != 0:
-            _client().key_value_set(f"{prefix}/{self.process_index}", value)
-        if not everyone and self.process_index != 0:
+        if self.process_index != 0:
+            _client().key_value_set(f"{prefix}/values/{self.process_index}", value)
+            if _client().key_value_increment(f"{prefix}/count", 1) == self.process_count - 1:
+                _client().key_value_set(f"{prefix}/complete", "1")
             return []
-        deadline = time.monotonic() + self.timeout_s
-        values = []
-        for i in range(self.process_count):
-            if i == self.process_index:
-                values.append(value)
-                continue
-            what = f"process {i} did not send {name} for step {step}"
-            values.append(self._wait_for(f"{prefix}/{i}", what, deadline))
-            if not everyone:
-                _client().key_value_delete(f"{prefix}/{i}")
-        return values
+        self._wait_for(f"{prefix}/complete", f"not every process sent {name} for step {step}")
+        entries = dict(_client().key_value_dir_get(f"{prefix}/values/"))
+        _client().key_value_delete(f"{prefix}/")
+        return [value] + [entries[f"{prefix}/values/{i}"] for i in range(1, self.process_count)]
 
     def _wait_for(self, key: str, what: str, deadline: float | None = None) -> str:
         """The value of `key` once set; raises peers' failures while waiting."""

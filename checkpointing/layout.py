@@ -11,6 +11,8 @@ DIR/
     podfit/        data.json: the StepRecord (progress, data position, best,
                    metadata, topology, versions, metrics)
     metrics/       the scalar logs, read by Orbax's BestN retention policy
+  <step>.damaged-<n>/            a committed step found damaged, moved aside by
+                                 `restore_latest` (never deleted, never listed)
 ```
 
 `pytree` and `model_config` are exactly what `keras.callbacks.OrbaxCheckpoint`
@@ -149,6 +151,26 @@ def step_path(directory: epath.PathLike, step: int) -> epath.Path:
         f"step {step} is not a committed step of {directory} (committed: {available}). "
         f"Received: step={step}"
     )
+
+
+def move_aside(directory: epath.PathLike, step: int) -> epath.Path:
+    """Renames committed `step` to `<step>.damaged-<n>` (the first free n).
+
+    The step is kept for inspection but no longer listed, so a run that fell
+    back to an earlier step can commit this step number again.
+
+    Returns:
+        The new path.
+
+    Raises:
+        OSError: If the rename fails.
+    """
+    source = step_dir(directory, step)
+    n = 0
+    while (target := source.parent / f"{source.name}.damaged-{n}").exists():
+        n += 1
+    source.rename(target)
+    return target
 
 
 def saved_checkpointables(path: epath.PathLike) -> Sequence[str]:

@@ -20,10 +20,14 @@ either whole or absent.
 `verify(path)` re-reads the step and returns a `Verdict`:
 
 - "ok": every listed file is there with its size and checksum;
-- "damaged": a file is missing, truncated, changed or unreadable (or the
-  manifest is unreadable); `problems` names each file, expected vs found;
+- "damaged": a file is missing, truncated or changed (or the manifest does
+  not parse); `problems` names each file, expected vs found;
 - "unverified": there is no manifest (the writer died between the commit and
   the manifest, or the step was written by stock Keras). Usable, but unchecked.
+
+A read that fails (`OSError`: a transient error of the file system or the
+object store) is retried with backoff and, if it persists, raised: it is
+not damage, and a step is never given up because it could not be read.
 
 With several processes, `verify(path, part=(i, n))` checks one of n shares of
 the files, balanced by size, and `merge` combines the n verdicts into the one
@@ -46,6 +50,7 @@ from etils import epath
 
 from checkpointing.coordination import Coordinator
 from checkpointing.layout import process_dir_owner, writer_of
+from checkpointing.retry import retried
 
 MANIFEST_DIR = "podfit"  # = layout.RECORD; the podfit checkpointable's directory.
 MANIFEST_NAME = "manifest.json"
@@ -218,7 +223,7 @@ def write_shared(step_dir: epath.PathLike, step: int, coordinator: Coordinator) 
     """
     start = time.monotonic()
     mine = checksums(step_dir, coordinator.process_index)
-    parts = coordinator.gather("manifest", step, json.dumps(mine), everyone=False)
+    parts = coordinator.gather("manifest", step, json.dumps(mine))
     if coordinator.process_index == 0:
         write(step_dir, {k: v for part in parts for k, v in json.loads(part).items()})
     logging.info(
@@ -250,52 +255,68 @@ def share_of(sizes: dict[str, int], part: tuple[int, int]) -> list[str]:
     return sorted(mine)
 
 
+def _problem(step_dir: epath.Path, name: str, size: int, crc: str) -> str | None:
+    """What is wrong with one listed file, or None (raises OSError if unreadable)."""
+    path = step_dir / name
+    missing = f"{name}: missing (expected {size} bytes, crc32 {crc})"
+    if not path.exists():
+        return missing
+    try:
+        found_size = path.stat().length
+        if found_size != size:
+            return f"{name}: size {size} bytes expected, {found_size} found"
+        _, found_crc = checksum(path)
+    except FileNotFoundError:
+        return missing
+    if found_crc != crc:
+        return f"{name}: crc32 {crc} expected, {found_crc} found"
+    return None
+
+
 def verify(step_dir: epath.PathLike, part: tuple[int, int] = (0, 1)) -> Verdict:
     """Checks a step directory against its manifest (see the module doc).
 
     Sizes are compared first; checksums are computed only for files whose size
-    matches. Never raises for damage: the `Verdict` says what is wrong (a file
-    or manifest that cannot be read is damage too).
+    matches. Damage is a verdict, not an error: a file missing, of another
+    size or checksum, or a manifest that does not parse. A read that fails
+    (`OSError`) is retried with backoff (`retried`) and then raised: a
+    transient error is not damage.
 
     Args:
         step_dir: A committed step directory.
         part: `(i, n)`: check only share i of n of the files (`share_of`);
             `merge` the n verdicts. The default checks every file.
+
+    Raises:
+        OSError: If the manifest or a file stays unreadable.
     """
     step_dir = epath.Path(step_dir)
     step = _step_of(step_dir)
     target = manifest_path(step_dir)
     try:
-        if not target.exists():
-            return Verdict(step, "unverified", (f"no manifest ({MANIFEST_DIR}/{MANIFEST_NAME})",))
-        document = json.loads(target.read_text())
-        listed = document["files"]
+        text = retried(target, lambda: target.read_text() if target.exists() else None)
+    except FileNotFoundError:
+        text = None
+    if text is None:
+        return Verdict(step, "unverified", (f"no manifest ({MANIFEST_DIR}/{MANIFEST_NAME})",))
+    try:
+        listed = json.loads(text)["files"]
         if not isinstance(listed, dict):
             raise TypeError(f"files is a {type(listed).__name__}")
         entries = {name: (int(e["size"]), str(e["crc32"])) for name, e in listed.items()}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
         return Verdict(
-            step, "damaged", (f"{MANIFEST_DIR}/{MANIFEST_NAME}: unreadable manifest ({e})",)
+            step, "damaged", (f"{MANIFEST_DIR}/{MANIFEST_NAME}: unreadable manifest ({e!r})",)
         )
     mine = share_of({name: size for name, (size, _) in entries.items()}, part)
     problems = []
     for name in mine:
         size, crc = entries[name]
-        path = step_dir / name
-        try:
-            if not path.exists():
-                problems.append(f"{name}: missing (expected {size} bytes, crc32 {crc})")
-                continue
-            found_size = path.stat().length
-            if found_size != size:
-                problems.append(f"{name}: size {size} bytes expected, {found_size} found")
-                continue
-            _, found_crc = checksum(path)
-        except OSError as e:
-            problems.append(f"{name}: unreadable ({e!r})")
-            continue
-        if found_crc != crc:
-            problems.append(f"{name}: crc32 {crc} expected, {found_crc} found")
+        problem = retried(
+            step_dir / name, lambda n=name, s=size, c=crc: _problem(step_dir, n, s, c)
+        )
+        if problem is not None:
+            problems.append(problem)
     if problems:
         return Verdict(step, "damaged", tuple(problems), len(mine))
     return Verdict(step, "ok", (), len(mine))
@@ -322,17 +343,41 @@ def merge(verdicts: list[Verdict]) -> Verdict:
 def verify_shared(step_dir: epath.PathLike, step: int, coordinator: Coordinator) -> Verdict:
     """The step checked against its manifest, a share of the files per process.
 
-    Call it on every process: each checks one share (`share_of`) and every
-    process gets the same verdict, merged from all shares. A share whose check
-    raises is sent as damage, so that no process waits for it.
+    Call it on every process: each checks one share (`share_of`), process 0
+    gathers the verdicts, merges them and shares the merged one (O(1)
+    coordination calls per process). A share whose check raises (a read
+    error that outlasted its retries) is sent as an error, and every process
+    raises: an unreadable step is not damage.
+
+    Raises:
+        OSError: If a share could not be read (on every process; the original
+            error on the process that met it).
+        RuntimeError: If a share's check failed otherwise.
     """
     part = (coordinator.process_index, coordinator.process_count)
+    failure = None
     try:
-        mine = verify(step_dir, part if coordinator.multiprocess else (0, 1))
-    except Exception as e:  # noqa: BLE001 - sent as damage: the others must not wait.
-        mine = Verdict(step, "damaged", (f"share {part[0]} of {part[1]}: check failed ({e!r})",))
-    shares = coordinator.gather("verify", step, mine.to_json())
-    return merge([Verdict.from_json(share) for share in shares])
+        entry = verify(step_dir, part if coordinator.multiprocess else (0, 1)).to_json()
+    except Exception as e:  # noqa: BLE001 - sent to every process, then raised below.
+        failure = e
+        entry = json.dumps({"error": f"process {part[0]}: {e!r}", "os": isinstance(e, OSError)})
+    parts = [json.loads(p) for p in coordinator.gather("verify", step, entry)]  # [] unless 0.
+    merged = ""
+    if coordinator.process_index == 0:
+        errors = [p for p in parts if "error" in p]
+        if errors:
+            merged = json.dumps(
+                {"error": "; ".join(p["error"] for p in errors), "os": all(p["os"] for p in errors)}
+            )
+        else:
+            merged = merge([Verdict.from_json(json.dumps(p)) for p in parts]).to_json()
+    shared = json.loads(coordinator.share("verdict", step, merged))
+    if "error" in shared:
+        if failure is not None:
+            raise failure
+        kind = OSError if shared["os"] else RuntimeError
+        raise kind(f"verifying step {step} of {step_dir} failed: {shared['error']}")
+    return Verdict.from_json(json.dumps(shared))
 
 
 def report(verdict: Verdict, step_dir: epath.PathLike) -> None:

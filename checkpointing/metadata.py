@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
 from typing import Any
 
 import jax
+
+from checkpointing.options import check_json  # noqa: F401 - part of this module's API.
 
 # Bumped when the record's fields change incompatibly.
 RECORD_FORMAT = 1
@@ -214,18 +217,18 @@ def flatten_with_paths(tree: Mapping[str, Any], prefix: str = "") -> dict[str, A
     return flat
 
 
-def check_json(name: str, value: Any) -> None:
-    """Raises ValueError unless `value` is a JSON-able dict.
+def scalar_logs(logs: Mapping[str, Any] | None) -> dict[str, float]:
+    """The finite scalar entries of Keras `logs`, as Python floats.
 
-    Args:
-        name: The argument's name, for the message.
-        value: The value to check.
+    Non-numeric entries (and arrays of more than one element) are not
+    metrics and are left out, so are NaN and infinities.
     """
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{name} must be a dict. Received: {name}={value!r}")
-    try:
-        json.dumps(value, allow_nan=True)
-    except (TypeError, ValueError) as e:
-        raise ValueError(
-            f"{name} must be JSON-serializable ({e}). Received: {name}={value!r}"
-        ) from e
+    out = {}
+    for key, value in (logs or {}).items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            out[key] = number
+    return out

@@ -8,7 +8,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import keras
 from absl import logging
 from etils import epath
@@ -18,6 +17,10 @@ from checkpointing import layout, manifest
 from checkpointing.coordination import Coordinator, next_instance
 from checkpointing.manifest import CheckpointCorruptError
 from checkpointing.metadata import Progress, StepRecord, Topology, Versions, flatten_with_paths
+from checkpointing.retry import retried
+from checkpointing.targets import CheckpointMismatchError, abstract_targets
+
+__all__ = ["CheckpointMismatchError", "Restored", "restore", "restore_latest"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,137 +58,6 @@ def _prepare(model: keras.Model) -> None:
         )
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-
-
-def _groups(model: keras.Model) -> dict[str, list]:
-    """The variable groups of `model.get_state_tree()`, in its order."""
-    return {
-        "trainable_variables": list(model.trainable_variables),
-        "non_trainable_variables": list(model.non_trainable_variables),
-        "optimizer_variables": list(model.optimizer.variables),
-        "metrics_variables": list(model.metrics_variables),
-    }
-
-
-def _strip_first(path: str) -> str:
-    return path.split("/", 1)[-1]
-
-
-# How many mismatched variables a CheckpointMismatchError names before "and N more".
-_MAX_LISTED = 10
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint written by a different model: variables differ in shape or presence.
-
-    Raised by `restore`/`restore_latest` (on every process) after comparing
-    every variable, not at the first difference.
-
-    Attributes:
-        mismatches: One entry per differing variable,
-            `"<group>/<path> saved shape <s> vs model shape <m>"` (`missing`
-            for a side that lacks the variable).
-    """
-
-    def __init__(self, where: epath.Path, mismatches: list[str], model_name: str):
-        listed = "; ".join(mismatches[:_MAX_LISTED])
-        if len(mismatches) > _MAX_LISTED:
-            listed += f"; and {len(mismatches) - _MAX_LISTED} more"
-        super().__init__(
-            f"checkpoint {where} is from a different model: {len(mismatches)} variable(s) "
-            f"differ in shape or presence: {listed}. Received: model={model_name!r}"
-        )
-        self.mismatches = list(mismatches)
-
-
-def _shape(value: Any) -> tuple[int, ...]:
-    return tuple(int(d) for d in value.shape)
-
-
-def _match(group: str, saved_paths: list[str], variables: list) -> tuple[dict, list, list]:
-    """(saved path -> model variable, saved paths the model lacks, model variables not saved).
-
-    Matched by path. Optimizer variables are also matched without the
-    optimizer's own name, which Keras makes unique per process ("adam",
-    "adam_1", ...).
-    """
-    by_path = {v.path: v for v in variables}
-    key = str  # The path itself.
-    if group == "optimizer_variables" and not all(p in by_path for p in saved_paths):
-        by_suffix = {_strip_first(v.path): v for v in variables}
-        if len(by_suffix) == len(variables):
-            by_path, key = by_suffix, _strip_first
-    matched = {p: by_path[key(p)] for p in saved_paths if key(p) in by_path}
-    missing = [p for p in saved_paths if key(p) not in by_path]
-    used = {id(v) for v in matched.values()}
-    unsaved = [v for v in variables if id(v) not in used]
-    return matched, missing, unsaved
-
-
-def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return nested
-
-
-def _targets(model: keras.Model, saved: Mapping[str, Any], where: epath.Path):
-    """(abstract tree in the saved structure, {group: {path: variable}}).
-
-    Raises:
-        CheckpointMismatchError: Listing every variable whose shape differs
-            or that only one side has.
-    """
-    groups = _groups(model)
-    abstract, matched, mismatches = {}, {}, []
-    for group in saved:
-        if group not in groups:
-            raise ValueError(f"unknown variable group in {where}. Received: {group!r}")
-    # Only the groups the step holds are compared (save_weights_only: no optimizer_variables).
-    for group in (g for g in groups if g in saved):
-        variables = groups[group]
-        flat_saved = flatten_with_paths(saved[group])
-        if group == "metrics_variables":
-            # Compiled metrics get their variables on the first fit/evaluate;
-            # they are running averages reset each epoch, so a fresh model may
-            # lack some. Restore those it has.
-            known = {v.path for v in variables}
-            skipped = sorted(p for p in flat_saved if p not in known)
-            if skipped:
-                logging.info("restore: model has no metric variables %s yet; skipped", skipped)
-            flat_saved = {p: m for p, m in flat_saved.items() if p in known}
-            if not flat_saved:
-                continue
-        found, missing, unsaved = _match(group, list(flat_saved), variables)
-        mismatches += [
-            f"{group}/{p} saved shape {_shape(flat_saved[p])} vs model: missing" for p in missing
-        ]
-        if group != "metrics_variables":
-            mismatches += [
-                f"{group}/{v.path} saved: missing vs model shape {_shape(v)}" for v in unsaved
-            ]
-        flat_abstract = {}
-        for path, variable in found.items():
-            meta, value = flat_saved[path], variable.value
-            if _shape(meta) != _shape(value):
-                mismatches.append(
-                    f"{group}/{path} saved shape {_shape(meta)} vs model shape {_shape(value)}"
-                )
-                continue
-            # The target sharding is the variable's current one: Orbax reads
-            # only the shards this process holds, whatever layout wrote them.
-            flat_abstract[path] = jax.ShapeDtypeStruct(
-                value.shape, value.dtype, sharding=getattr(value, "sharding", None)
-            )
-        matched[group] = found
-        abstract[group] = _unflatten(flat_abstract)
-    if mismatches:
-        raise CheckpointMismatchError(where, mismatches, model.name)
-    return abstract, matched
 
 
 def restore(
@@ -249,7 +121,7 @@ def _read(path: epath.Path, model: keras.Model) -> tuple[dict, dict]:
     with layout.orbax_context():
         # One read of the step's metadata: the names saved and the tree's.
         saved = ocp.checkpointables_metadata(path).metadata
-    abstract, matched = _targets(model, saved[layout.PYTREE], path)
+    abstract, matched = abstract_targets(model, saved[layout.PYTREE], path)
     request: dict[str, Any] = {layout.PYTREE: abstract}
     if layout.RECORD in saved:
         request[layout.RECORD] = None
@@ -264,7 +136,7 @@ def _read(path: epath.Path, model: keras.Model) -> tuple[dict, dict]:
 def _try_read(path: epath.Path, model: keras.Model) -> tuple[tuple | None, Exception | None]:
     """`_read`, with its error returned instead of raised (decided on after the check)."""
     try:
-        return _read(path, model), None
+        return retried(path, lambda: _read(path, model)), None
     except Exception as e:  # noqa: BLE001 - re-raised by the caller unless the step is damaged.
         return None, e
 
@@ -301,7 +173,12 @@ def restore_latest(
     is logged loudly (absl error naming the step, the file, expected vs
     found) and skipped for the previous one; a step without a manifest is
     used with a warning. Every process restores the same step, chosen from
-    the same verdicts. Meanwhile every process already reads the latest step
+    the same verdicts. Once every process is done reading them, process 0
+    moves the damaged steps after the chosen one aside (`<step>.damaged-<n>`,
+    renamed, never deleted), so that training from the chosen step can commit
+    those step numbers again. A file that cannot be read (`OSError`) is
+    retried with backoff, then raised on every process: it is not damage,
+    and nothing is moved. Meanwhile every process already reads the latest step
     (verifying and reading at once); the model is assigned only after the
     choice, and what was read is dropped if an earlier step was chosen.
 
@@ -319,6 +196,8 @@ def restore_latest(
             (on every process).
         CheckpointMismatchError: If the chosen step was written by a different
             model (on every process).
+        OSError: If a step stays unreadable, or a damaged one cannot be moved
+            aside (on every process).
     """
     coordinator = Coordinator.create(str(directory), next_instance(), 0, timeout_s)
     steps = _listed_by_process_0(directory, coordinator)
@@ -332,20 +211,47 @@ def restore_latest(
             _prepare(model)
             read, error = _try_read(layout.step_dir(layout.root(directory), latest), model)
         # The same on every process: the same steps, the same merged verdicts.
-        choice = choosing.result()
-    if choice == "none":
+        chosen, damaged = choosing.result()
+    if latest is None:
         return None
-    if choice.startswith("damaged:"):
+    if chosen is None:
         raise CheckpointCorruptError(
             f"no usable step in {directory}: every committed step is damaged "
-            f"({choice.removeprefix('damaged:')}). Received: directory={directory}"
+            f"({damaged}). Received: directory={directory}"
         )
-    if int(choice) == latest:
+    if damaged:
+        _move_aside(directory, damaged, chosen, coordinator)
+    if chosen == latest:
         if error is not None:
             raise error
         return _apply(latest, *read)
     del read  # The latest step was damaged: drop what was read of it.
-    return restore(directory, model, int(choice), verify=False)
+    return restore(directory, model, chosen, verify=False)
+
+
+def _move_aside(
+    directory: epath.PathLike, damaged: list[int], chosen: int, coordinator: Coordinator
+) -> None:
+    """Process 0 moves the damaged steps aside once every process is done reading them.
+
+    Renamed, not deleted (`layout.move_aside`): the run goes on from `chosen`
+    and may commit those step numbers again.
+
+    Raises:
+        OSError: On every process, if process 0 could not rename a step.
+    """
+    coordinator.barrier(f"{coordinator.namespace}/damaged", chosen)
+    outcome = ""
+    if coordinator.process_index == 0:
+        try:
+            for step in damaged:
+                moved = layout.move_aside(layout.root(directory), step)
+                logging.error("checkpointing: moved damaged step %d aside to %s", step, moved)
+        except OSError as e:
+            outcome = repr(e)
+    outcome = coordinator.share("moved_aside", chosen, outcome)
+    if outcome:
+        raise OSError(f"could not move damaged step(s) {damaged} of {directory} aside: {outcome}")
 
 
 def _listed_by_process_0(directory: epath.PathLike, coordinator: Coordinator) -> list[int]:
@@ -366,10 +272,14 @@ def _listed_by_process_0(directory: epath.PathLike, coordinator: Coordinator) ->
     return steps
 
 
-def _choose(directory: epath.PathLike, steps: list[int], coordinator: Coordinator) -> str:
-    """The latest usable of `steps`, "none" or "damaged:<steps>" (the same on every process)."""
-    if not steps:
-        return "none"
+def _choose(
+    directory: epath.PathLike, steps: list[int], coordinator: Coordinator
+) -> tuple[int | None, list[int]]:
+    """(The latest usable of `steps` or None, the damaged steps after it, latest first).
+
+    The same on every process. A step that cannot be read raises (OSError,
+    on every process): it is not damage.
+    """
     damaged = []
     for step in reversed(steps):
         path = layout.step_dir(layout.root(directory), step)
@@ -384,6 +294,6 @@ def _choose(directory: epath.PathLike, steps: list[int], coordinator: Coordinato
                     directory,
                     damaged,
                 )
-            return str(step)
+            return step, damaged
         damaged.append(step)
-    return f"damaged:{damaged}"
+    return None, damaged

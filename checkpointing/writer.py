@@ -19,7 +19,6 @@ import collections
 import math
 import queue
 import threading
-import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -28,9 +27,9 @@ import numpy as np
 from absl import logging
 
 from checkpointing.coordination import CheckpointWriteError, Coordinator, PeerFailedError
+from checkpointing.options import SNAPSHOT_MODES  # noqa: F401 - the list lives there.
 
 SnapshotMode = Literal["auto", "device", "host"]
-SNAPSHOT_MODES = ("auto", "device", "host")
 
 # Headroom asked of a device beyond the snapshot itself.
 _DEVICE_MARGIN = 1.10
@@ -167,39 +166,24 @@ class _WriterThread:
 class BackgroundWriter:
     """One callback's writes: at most one in flight; keeps its failure.
 
-    With `on_error="warn"` a failed write (an `Exception`) is logged,
-    recorded in `failed_steps` and warned about in the training thread
-    (`warn_failures`) instead: never raised, never published to peers.
-
     Not thread-safe: call it from the training thread only.
     """
 
-    def __init__(self, coordinator: Coordinator, *, on_error: str = "raise", label: str = ""):
+    def __init__(self, coordinator: Coordinator):
         self._coordinator = coordinator
-        self._on_error = on_error
-        self._label = label  # Where the writes go, for messages.
         self._job: _Job | None = None
         self._failure: tuple[int, BaseException] | None = None
-        # With on_error="warn": steps whose write failed (appended on the
-        # writer thread), their errors, and how many were warned about.
-        self.failed_steps: list[int] = []
-        self._errors: dict[int, Exception] = {}
-        self._warned = 0
 
     @property
     def busy(self) -> bool:
         return self._job is not None and not self._job.done.is_set()
 
-    def submit(
-        self, step: int, write: Callable[[], None], on_failure: Callable[[], None] | None = None
-    ) -> None:
+    def submit(self, step: int, write: Callable[[], None]) -> None:
         """Queues `write` for the writer thread once the previous write is done.
 
         Args:
             step: The step being written (for messages).
             write: Does the whole save; runs on the writer thread.
-            on_failure: With on_error="warn", runs on the writer thread after
-                a failed write (e.g. to reopen what the failure left unusable).
 
         Raises:
             CheckpointWriteError: If a previous write failed here or elsewhere.
@@ -209,51 +193,13 @@ class BackgroundWriter:
         def run() -> None:
             try:
                 write()
-            except Exception as e:
-                if self._on_error != "warn":
-                    self._fail(step, e)
-                    raise
-                self._record(step, e)
-                if on_failure is not None:
-                    on_failure()
             except BaseException as e:
-                self._fail(step, e)
+                self._failure = (step, e)
+                self._coordinator.publish_failure(step, e)
                 raise
 
         self._job = _Job(step, run)
         _WriterThread.put(self._job)
-
-    def _fail(self, step: int, error: BaseException) -> None:
-        self._failure = (step, error)
-        self._coordinator.publish_failure(step, error)
-
-    def _record(self, step: int, error: Exception) -> None:
-        logging.warning(
-            "checkpointing: writing step %d to %s failed on process %d; not committed, "
-            "training goes on and the next save retries (on_write_error='warn'): %r",
-            step,
-            self._label,
-            self._coordinator.process_index,
-            error,
-            exc_info=error,
-        )
-        self._errors[step] = error
-        self.failed_steps.append(step)
-
-    def warn_failures(self) -> None:
-        """Warns, in the training thread, about writes failed since the last call."""
-        while self._warned < len(self.failed_steps):
-            step = self.failed_steps[self._warned]
-            self._warned += 1
-            warnings.warn(
-                f"OrbaxCheckpoint: writing checkpoint step {step} to {self._label} failed "
-                f"on process {self._coordinator.process_index}: {self._errors.get(step)!r}. "
-                "The step is not committed (or, if only its manifest failed, unverified); "
-                "earlier steps are untouched; training goes on and the next save retries "
-                "(on_write_error='warn').",
-                RuntimeWarning,
-                stacklevel=3,
-            )
 
     def raise_if_failed(self) -> None:
         """Raises the local writer's failure, if any.

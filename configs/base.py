@@ -76,6 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Steps between metric lines in <workdir>/metrics.jsonl.
     config.trainer.log_every = 10
 
+    # The fields of checkpointing.CheckpointOptions, plus `enabled`; checked
+    # by that class (see configs/validation.py).
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.enabled = True
     # 'epoch' or a number of steps, as a string or an int.
@@ -84,18 +86,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint.save_best_only = False
     config.checkpoint.monitor = "val_loss"
     config.checkpoint.mode = "auto"
-    config.checkpoint.async_save = True
-    # Best K by `monitor` kept besides the latest `max_to_keep` (0: none).
-    config.checkpoint.keep_best = 0
-    # Steps that are a multiple of this are kept for good (0: none).
-    config.checkpoint.keep_period = 0
+    # False: fit also waits for each write.
+    config.checkpoint.save_on_background = True
+    # Best K by `monitor` kept besides the latest `max_to_keep` (None: none).
+    config.checkpoint.keep_best = ml_collections.config_dict.placeholder(int)
+    # Steps that are a multiple of this are kept for good (None: none).
+    config.checkpoint.keep_period = ml_collections.config_dict.placeholder(int)
     config.checkpoint.barrier_timeout_s = 300.0
-    # A failed save (disk full, permission denied): 'raise' stops the run on
-    # every process; 'warn' logs a warning, goes on and retries at the next save.
-    config.checkpoint.on_write_error = "raise"
-    # Before each write, drop the previous step's files from the page cache so
-    # that the write reuses that memory (checkpointing/pagecache.py).
-    config.checkpoint.drop_page_cache = True
+    config.checkpoint.verbose = 0
+    config.checkpoint.initial_value_threshold = ml_collections.config_dict.placeholder(float)
+    config.checkpoint.save_weights_only = False
+    # Where the state is copied before the background write: 'auto', 'device', 'host'.
+    config.checkpoint.snapshot = "auto"
     return config
 
 

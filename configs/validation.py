@@ -3,6 +3,8 @@
 Each failure is a `ConfigError` whose message is one line naming the field
 and echoing the received value; the launcher prints it and exits with 2.
 Nothing here imports JAX: the device and process counts come in as numbers.
+The checkpoint section is checked by `checkpointing.options.CheckpointOptions`
+(which imports no JAX either), so its rules live in one place.
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from checkpointing.options import CheckpointOptions, OptionError
 from configs import base
 
 BATCH_AXIS = "data"
 SECTIONS = ("mesh", "data", "model", "optimizer", "trainer", "checkpoint")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 COMMON_DATA_KEYS = ("name", "global_batch_size", "seed")
-# checkpointing.arguments.ON_WRITE_ERROR (not imported: no JAX here).
-ON_WRITE_ERROR = ("raise", "warn")
 
 
 class ConfigError(ValueError):
@@ -74,9 +75,9 @@ def _check_types(cfg: dict) -> None:
     schema = _as_dict(base.get_config())
     for section in ("mesh", "optimizer", "trainer", "checkpoint"):
         _check_keys(section, cfg[section], tuple(schema[section]))
+        if section == "checkpoint":
+            continue  # Checked by CheckpointOptions (checkpoint_options).
         for key, default in schema[section].items():
-            if section == "checkpoint" and key == "save_freq":
-                continue  # 'epoch' or an int: checked below.
             _same_type(f"{section}.{key}", cfg[section][key], default)
 
     data_name = cfg["data"].get("name")
@@ -216,21 +217,23 @@ def _check_values(cfg: dict, mesh_shape: tuple[int, ...] | None, num_processes: 
     _positive("trainer.validation_steps", tr["validation_steps"], allow_zero=True)
     _positive("trainer.seed", tr["seed"], allow_zero=True)
 
-    parse_save_freq(ck["save_freq"])
-    _positive("checkpoint.max_to_keep", ck["max_to_keep"])
-    _positive("checkpoint.keep_best", ck["keep_best"], allow_zero=True)
-    _positive("checkpoint.keep_period", ck["keep_period"], allow_zero=True)
-    _positive("checkpoint.barrier_timeout_s", ck["barrier_timeout_s"])
-    if ck["on_write_error"] not in ON_WRITE_ERROR:
-        raise ConfigError(
-            "checkpoint.on_write_error", "expected 'raise' or 'warn'.", ck["on_write_error"]
-        )
-    if ck["mode"] not in ("auto", "min", "max"):
-        raise ConfigError("checkpoint.mode", "expected 'auto', 'min' or 'max'.", ck["mode"])
-    if (ck["save_best_only"] or ck["keep_best"]) and not ck["monitor"]:
-        raise ConfigError(
-            "checkpoint.monitor", "save_best_only and keep_best need a metric name.", ck["monitor"]
-        )
+    if not isinstance(ck["enabled"], bool):
+        raise ConfigError("checkpoint.enabled", "expected bool.", ck["enabled"])
+    checkpoint_options(ck)
+
+
+def checkpoint_options(section: Any) -> CheckpointOptions:
+    """`config.checkpoint` as the checkpoint callback's options (`enabled` aside).
+
+    Raises:
+      ConfigError: naming the first invalid field of the section.
+    """
+    values = {key: value for key, value in _as_dict(section).items() if key != "enabled"}
+    values["save_freq"] = parse_save_freq(values.get("save_freq"))
+    try:
+        return CheckpointOptions(**values)
+    except OptionError as e:
+        raise ConfigError(f"checkpoint.{e.field}", e.reason, e.value) from None
 
 
 def parse_save_freq(value: Any) -> str | int:

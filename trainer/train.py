@@ -71,7 +71,7 @@ def weights_digest(model: keras.Model, timeout_s: float = 300.0) -> str:
         jax.process_index(), jax.process_count(), "podfit/weights_digest", timeout_s
     )
     call = next(_digest_calls)
-    parts = coordinator.gather("shards", call, _local_shards_digest(model), everyone=False)
+    parts = coordinator.gather("shards", call, _local_shards_digest(model))
     combined = hashlib.sha256("".join(parts).encode()).hexdigest()
     return coordinator.share("sha256", call, combined)
 
@@ -79,25 +79,14 @@ def weights_digest(model: keras.Model, timeout_s: float = 300.0) -> str:
 def _checkpoint_callback(
     config, directory: epath.Path, steps_per_epoch: int
 ) -> keras.callbacks.Callback:
-    ck = config.checkpoint
     position = {"seed": config.data.seed, "global_batch_size": config.data.global_batch_size}
     return AsyncSafeCheckpoint(
-        directory=str(directory),
-        monitor=ck.monitor,
-        save_best_only=ck.save_best_only,
-        mode=ck.mode,
-        save_freq=validation.parse_save_freq(ck.save_freq),
-        max_to_keep=ck.max_to_keep,
-        save_on_background=ck.async_save,
-        keep_best=ck.keep_best or None,
-        keep_period=ck.keep_period or None,
+        str(directory),
+        options=validation.checkpoint_options(config.checkpoint),
         steps_per_epoch=steps_per_epoch,
         # The data position: batches are a pure function of (seed, global step).
         data_state=lambda: position,
         metadata={"config": config.to_dict()},
-        barrier_timeout_s=ck.barrier_timeout_s,
-        on_write_error=ck.on_write_error,
-        drop_page_cache=ck.drop_page_cache,
     )
 
 

@@ -27,7 +27,7 @@ EPOCHS = 2
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    p.add_argument("--mode", choices=["train", "restore", "fail"], required=True)
+    p.add_argument("--mode", choices=["train", "restore", "fail", "unreadable"], required=True)
     p.add_argument("--process_id", type=int, default=0)
     p.add_argument("--num_processes", type=int, default=1)
     p.add_argument("--port", type=int, default=0)
@@ -84,7 +84,17 @@ def main() -> int:
     out = Path(args.out)
     result: dict = {"process": jax.process_index(), "mode": args.mode}
     try:
-        if args.mode == "restore":
+        if args.mode == "unreadable" and jax.process_index() == 1:
+            # Every read of a file of this process' share fails (EIO).
+            from checkpointing import manifest, retry
+
+            retry.READ_BACKOFF_S = 0.01
+
+            def unreadable(path):
+                raise OSError(5, f"Input/output error (injected): {path}")
+
+            manifest.checksum = unreadable
+        if args.mode in ("restore", "unreadable"):
             restored = checkpointing.restore_latest(args.directory, model)
             result["step"] = restored.step
             result["saved_topology"] = restored.topology.summary()

@@ -1,5 +1,8 @@
 """The Keras OrbaxCheckpoint guide's flow, with checkpointing.OrbaxCheckpoint."""
 
+import dataclasses
+import inspect
+
 import jax
 import keras
 import numpy as np
@@ -7,10 +10,13 @@ import pytest
 
 import checkpointing
 from checkpointing import layout
+from checkpointing import metadata as meta
+from checkpointing.options import CheckpointOptions, OptionError
 from tests.checkpointing.common import make_data, make_model
 
 # 128 samples, batch 16: 8 steps per epoch; with validation_split=0.25, 6.
 BATCH = 16
+OPTION_FIELDS = [f.name for f in dataclasses.fields(CheckpointOptions)]
 
 
 def steps(directory) -> list[int]:
@@ -191,21 +197,66 @@ def test_restore_errors(tmp_path):
         ({"keep_period": 1.5}, "keep_period"),
         ({"steps_per_epoch": 0}, "steps_per_epoch"),
         ({"snapshot": "disk"}, "snapshot"),
-        ({"on_write_error": "ignore"}, "on_write_error"),
-        ({"on_write_error": None}, "on_write_error"),
         ({"barrier_timeout_s": 0}, "barrier_timeout_s"),
         ({"metadata": {"f": object()}}, "metadata"),
         ({"metadata": [1]}, "metadata"),
         ({"data_state": {"a": 1}}, "data_state"),
         ({"save_best_only": "yes"}, "save_best_only"),
-        ({"drop_page_cache": 1}, "drop_page_cache"),
+        ({"save_on_background": 1}, "save_on_background"),
+        ({"directory": ""}, "directory"),
         ({"verbose": "loud"}, "verbose"),
         ({"initial_value_threshold": "low"}, "initial_value_threshold"),
     ],
 )
 def test_bad_arguments_name_the_argument_and_echo_the_value(tmp_path, kwargs, name):
+    kwargs = {"directory": tmp_path, **kwargs}
     with pytest.raises(ValueError, match=rf"Received: {name}="):
-        checkpointing.OrbaxCheckpoint(tmp_path, **kwargs)
+        checkpointing.OrbaxCheckpoint(**kwargs)
+    options = {k: v for k, v in kwargs.items() if k in OPTION_FIELDS}
+    if options:  # The same check, the same message, from the options object.
+        with pytest.raises(OptionError, match=rf"^{name} .* Received: {name}="):
+            CheckpointOptions(**options)
+
+
+def test_the_keyword_defaults_are_the_options_defaults_and_keras_signature():
+    signature = inspect.signature(checkpointing.OrbaxCheckpoint)
+    defaults = {name: signature.parameters[name].default for name in OPTION_FIELDS}
+    assert defaults == dataclasses.asdict(CheckpointOptions())
+    # A drop-in: Keras' parameters, in Keras' order, with Keras' defaults.
+    stock = list(inspect.signature(keras.callbacks.OrbaxCheckpoint).parameters.values())
+    ours = list(signature.parameters.values())[: len(stock)]
+    assert [(p.name, p.default, p.kind) for p in ours] == [
+        (p.name, p.default, p.kind) for p in stock
+    ]
+
+
+def test_scalar_logs_keeps_finite_scalars_as_floats():
+    logs = {
+        "loss": np.float32(0.5),
+        "acc": jax.numpy.asarray(0.25),
+        "n": 3,
+        "nan": float("nan"),
+        "inf": float("inf"),
+        "vector": np.zeros(3),
+        "name": "x",
+    }
+    scalars = meta.scalar_logs(logs)
+    assert scalars == {"loss": 0.5, "acc": 0.25, "n": 3.0}
+    assert all(type(v) is float for v in scalars.values())
+    assert meta.scalar_logs(None) == {}
+
+
+def test_options_object_or_keywords_not_both(tmp_path):
+    options = CheckpointOptions(save_freq=4, max_to_keep=None, monitor="loss")
+    callback = checkpointing.OrbaxCheckpoint(tmp_path, options=options)
+    assert callback.options is options and callback.monitor == "loss"
+    with pytest.raises(ValueError, match="not both. Received: {'save_freq': 8}"):
+        checkpointing.OrbaxCheckpoint(tmp_path, save_freq=8, options=options)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.save_freq = 2
+    x, y = make_data()
+    make_model().fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[callback])
+    assert [s.step for s in checkpointing.list_steps(tmp_path)] == [4, 8]
 
 
 def test_data_state_that_is_not_json_fails_the_save(tmp_path):

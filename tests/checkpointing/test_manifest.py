@@ -1,12 +1,13 @@
 """Manifest shares: each process checksums what it wrote and verifies a share of the files."""
 
 import json
+import zlib
 
 import numpy as np
 import pytest
 
 import checkpointing
-from checkpointing import layout, manifest
+from checkpointing import layout, manifest, retry
 from checkpointing.coordination import Coordinator
 from checkpointing.manifest import Verdict
 from tests.checkpointing.common import make_data, make_model
@@ -90,20 +91,51 @@ def test_each_share_finds_only_its_damage(step_dir):
     assert Verdict.from_json(merged.to_json()) == merged
 
 
-def test_an_unreadable_file_is_damage(step_dir, monkeypatch):
-    manifest.write(step_dir)
-    real = manifest.checksum
+@pytest.fixture
+def no_backoff(monkeypatch):
+    monkeypatch.setattr(retry, "READ_BACKOFF_S", 0.0)
+
+
+def _failing_checksum(monkeypatch, failures: int):
+    """`manifest.checksum` failing `failures` times with EIO on file "aa"; returns the count."""
+    real, calls = manifest.checksum, []
 
     def failing(path):
         if path.name == "aa":
-            raise OSError(5, "Input/output error")
+            calls.append(path)
+            if len(calls) <= failures:
+                raise OSError(5, "Input/output error")
         return real(path)
 
     monkeypatch.setattr(manifest, "checksum", failing)
+    return calls
+
+
+def test_a_transient_read_error_is_retried_not_damage(step_dir, monkeypatch, no_backoff):
+    manifest.write(step_dir)
+    calls = _failing_checksum(monkeypatch, retry.READ_TRIES - 1)
+    assert manifest.verify(step_dir) == Verdict(12, "ok", (), len(FILES))
+    assert len(calls) == retry.READ_TRIES
+
+
+def test_a_persistent_read_error_is_raised_not_damage(step_dir, monkeypatch, no_backoff):
+    manifest.write(step_dir)
+    calls = _failing_checksum(monkeypatch, retry.READ_TRIES)
+    with pytest.raises(OSError, match="Input/output error"):
+        manifest.verify(step_dir)
+    assert len(calls) == retry.READ_TRIES
+
+
+def test_a_missing_file_is_damage_and_not_retried(step_dir, monkeypatch, no_backoff):
+    manifest.write(step_dir)
+    (step_dir / "pytree/ocdbt.process_1/d/dd").unlink()
+    sleeps = []
+    monkeypatch.setattr(retry.time, "sleep", sleeps.append)
     verdict = manifest.verify(step_dir)
-    assert verdict.status == "damaged"
+    assert verdict.status == "damaged" and sleeps == []
+    crc = f"{zlib.crc32(b'd' * 40):08x}"
     assert verdict.problems == (
-        "pytree/ocdbt.process_0/d/aa: unreadable (OSError(5, 'Input/output error'))",
+        f"pytree/ocdbt.process_1/d/dd: missing (expected 40 bytes, crc32 {crc})",
     )
 
 
@@ -119,10 +151,10 @@ def test_merge():
         manifest.merge([])
 
 
-def test_gather_with_one_process():
+def test_gather_and_share_with_one_process():
     coordinator = Coordinator.create("/tmp/x", 0, 0, 5.0)
     assert coordinator.gather("name", 1, "value") == ["value"]
-    assert coordinator.gather("name", 1, "value", everyone=False) == ["value"]
+    assert coordinator.share("name", 1, "value") == "value"
 
 
 def test_callback_manifest_lists_every_file(tmp_path):
@@ -140,16 +172,22 @@ def test_callback_manifest_lists_every_file(tmp_path):
     assert checkpointing.restore(directory, fresh, 8).step == 8
 
 
-def test_an_unreadable_manifest_is_damage(step_dir):
+def test_a_manifest_that_does_not_parse_is_damage_one_that_cannot_be_read_raises(
+    step_dir, no_backoff
+):
     target = manifest.manifest_path(step_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.mkdir()  # Reading it fails with IsADirectoryError, an OSError.
+    target.write_text("{not json")
     verdict = manifest.verify(step_dir)
     assert verdict.status == "damaged"
     assert "unreadable manifest" in verdict.problems[0]
+    target.unlink()
+    target.mkdir()  # Reading it fails with IsADirectoryError, an OSError.
+    with pytest.raises(IsADirectoryError):
+        manifest.verify(step_dir)
 
 
-def test_a_verification_that_raises_counts_as_damage_and_the_previous_step_is_restored(
+def test_a_verification_that_raises_is_raised_by_restore_latest_and_nothing_moves(
     tmp_path, monkeypatch
 ):
     directory = tmp_path / "ckpt"
@@ -162,10 +200,13 @@ def test_a_verification_that_raises_counts_as_damage_and_the_previous_step_is_re
 
     def failing(path, part=(0, 1)):
         if path.name == "8":
-            raise RuntimeError("injected verification failure")
+            raise OSError(5, "injected read failure")
         return real(path, part)
 
     monkeypatch.setattr(manifest, "verify", failing)
     fresh = make_model()
     fresh(np.zeros((1, 8), np.float32))
-    assert checkpointing.restore_latest(directory, fresh).step == 4
+    with pytest.raises(OSError, match="injected read failure"):
+        checkpointing.restore_latest(directory, fresh)
+    assert [s.step for s in checkpointing.list_steps(directory)] == [4, 8]
+    assert sorted(p.name for p in directory.iterdir()) == ["4", "8"]

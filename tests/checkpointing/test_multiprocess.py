@@ -74,6 +74,21 @@ def test_save_on_2x4_then_restore_on_1x2_and_1x8(tmp_path):
     for p in (0, 1):
         restored = json.loads((out / f"result_restore_4,2_p{p}.json").read_text())
         assert restored["step"] == 8, restored
+    # Moved aside once, by one process, after both agreed: renamed, not deleted.
+    assert sorted(p.name for p in damaged.iterdir()) == ["12.damaged-0", "8"]
+    assert (damaged / "12.damaged-0" / victim.relative_to(damaged / "12")).exists()
+    assert [i.step for i in checkpointing.list_steps(damaged)] == [8]
+
+    # A file that process 1 cannot read is an error on both processes, not damage.
+    codes = procs.run_all(
+        procs.cluster("unreadable", 2, 4, "4,2", directory, out), tmp_path / "unreadable", 240
+    )
+    assert codes == [1, 1], procs.tails(tmp_path / "unreadable", 2)
+    first, second = (result(out, "unreadable", p) for p in (0, 1))
+    assert first["error_type"] == "OSError" and second["error_type"] == "OSError"
+    assert "process 1: OSError(5, 'Input/output error (injected)" in first["error"], first
+    assert "Input/output error (injected)" in second["error"], second
+    assert sorted(p.name for p in directory.iterdir()) == ["12", "8"]  # Nothing moved.
 
 
 def test_a_write_failure_on_one_process_raises_on_every_process(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from configs import base, lm, mlp
+from configs import base, lm, mlp, validation
 from configs.validation import ConfigError, parse_save_freq, resolve_mesh_shape, validate
 
 
@@ -59,8 +59,8 @@ def test_wrong_types():
     c["trainer"]["epochs"] = "three"
     _expect(c, "trainer.epochs", "'three'")
     c = _lm().to_dict()
-    c["checkpoint"]["async_save"] = 1
-    _expect(c, "checkpoint.async_save", "1")
+    c["checkpoint"]["save_on_background"] = 1
+    _expect(c, "checkpoint.save_on_background", "1")
     c = _lm().to_dict()
     c["optimizer"]["learning_rate"] = "fast"
     _expect(c, "optimizer.learning_rate", "'fast'")
@@ -132,15 +132,21 @@ def test_negative_or_zero_counts(section, key, value):
     _expect(c, f"{section}.{key}", str(value))
 
 
-def test_on_write_error():
+def test_checkpoint_section_is_checked_by_the_callback_options():
     c = _lm()
-    c.checkpoint.on_write_error = "warn"
-    validate(c)
-    c.checkpoint.on_write_error = "ignore"
-    _expect(c, "checkpoint.on_write_error", "'ignore'")
-    d = c.to_dict()  # A ConfigDict refuses the int itself.
-    d["checkpoint"]["on_write_error"] = 1
-    _expect(d, "checkpoint.on_write_error", "1")
+    c.checkpoint.snapshot = "disk"
+    _expect(c, "checkpoint.snapshot", "'disk'")
+    c = _lm()
+    c.checkpoint.keep_period = 0
+    _expect(c, "checkpoint.keep_period", "0")
+    c = _lm()
+    c.checkpoint.keep_best = 2
+    c.checkpoint.initial_value_threshold = 0.5
+    options = validation.checkpoint_options(c.checkpoint)
+    assert (options.keep_best, options.initial_value_threshold, options.max_to_keep) == (2, 0.5, 2)
+    d = _lm().to_dict()
+    d["checkpoint"]["enabled"] = "yes"
+    _expect(d, "checkpoint.enabled", "'yes'")
 
 
 def test_save_freq():

@@ -1,4 +1,7 @@
-"""Corrupted steps: verify names the damage, restore_latest falls back to the previous step.
+"""Corrupted steps: verify names the damage, restore_latest falls back and moves it aside.
+
+Damage is a missing file or one of another size or checksum; a file that
+cannot be read (an OSError) is retried, then raised: not damage.
 
 Single process, a tiny Dense model; one training run copied per test.
 """
@@ -12,7 +15,7 @@ import numpy as np
 import pytest
 
 import checkpointing
-from checkpointing import manifest
+from checkpointing import manifest, retry
 from checkpointing.__main__ import main
 from tests.checkpointing.common import make_data, make_model
 from tests.checkpointing.procs import REPO
@@ -72,18 +75,46 @@ def test_damaged_latest_is_named_and_skipped(ckpt, damage, capsys, caplog):
     assert lines[1].split()[:2] == ["8", "damaged:"] and relative in lines[1]
     assert ("size" if damage == "truncate" else "crc32") in lines[1]
 
+    model = make_model()
+    model(np.zeros((1, 8), np.float32))
+    with pytest.raises(checkpointing.CheckpointCorruptError, match=relative):
+        checkpointing.restore(ckpt, model, 8)
+    assert (ckpt / "8").exists()  # restore() reports; only restore_latest moves aside.
+
     with caplog.at_level(logging.WARNING):
         restored, model = _restore_latest(ckpt)
     assert restored.step == 4
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("step 8" in m and "DAMAGED" in m and relative in m for m in errors), errors
     assert any("instead of damaged step(s) [8]" in m for m in errors), errors
+    assert any("moved damaged step 8 aside" in m for m in errors), errors
     assert int(model.optimizer.iterations) == 4
+    # Moved aside, whole: renamed, not deleted, and no longer listed.
+    assert sorted(p.name for p in ckpt.iterdir()) == ["4", "8.damaged-0"]
+    assert (ckpt / "8.damaged-0" / relative).stat().st_size == len(data) // (
+        2 if damage == "truncate" else 1
+    )
+    assert [s.step for s in checkpointing.list_steps(ckpt)] == [4]
 
-    model = make_model()
-    model(np.zeros((1, 8), np.float32))
-    with pytest.raises(checkpointing.CheckpointCorruptError, match=relative):
-        checkpointing.restore(ckpt, model, 8)
+
+def test_the_run_that_fell_back_commits_the_damaged_step_number_again(ckpt):
+    target = _data_file(ckpt, 8)
+    damaged = target.read_bytes()[:-1]
+    target.write_bytes(damaged)
+    relative = target.relative_to(ckpt / "8")
+    restored, model = _restore_latest(ckpt)
+    assert restored.step == 4
+    # Training goes on from step 4 and saves step 8 again.
+    x, y = make_data()
+    callback = checkpointing.OrbaxCheckpoint(ckpt, save_freq=4, max_to_keep=None)
+    model.fit(x[:64], y[:64], batch_size=16, epochs=1, verbose=0, callbacks=[callback])
+    assert [s.step for s in checkpointing.list_steps(ckpt)] == [4, 8]
+    assert [v.status for v in checkpointing.verify_steps(ckpt)] == ["ok", "ok"]
+    assert (ckpt / "8.damaged-0" / relative).read_bytes() == damaged
+    # A second damaged step 8 goes beside the first.
+    _data_file(ckpt, 8).write_bytes(b"")
+    assert _restore_latest(ckpt)[0].step == 4
+    assert sorted(p.name for p in ckpt.iterdir()) == ["4", "8.damaged-0", "8.damaged-1"]
 
 
 def test_missing_manifest_is_unverified_but_restorable(ckpt, capsys, caplog):
@@ -111,6 +142,28 @@ def test_no_step_verifies(ckpt):
         checkpointing.CheckpointCorruptError, match=r"every committed step is damaged"
     ):
         checkpointing.restore_latest(ckpt, model)
+    # Nothing usable: nothing is moved aside (a rerun must not start afresh).
+    assert sorted(p.name for p in ckpt.iterdir()) == ["4", "8"]
+
+
+def test_an_unreadable_step_is_raised_not_damage(ckpt, monkeypatch):
+    monkeypatch.setattr(retry, "READ_BACKOFF_S", 0.0)
+    real, calls = manifest.checksum, []
+
+    def failing(path):
+        calls.append(path)
+        raise OSError(5, "Input/output error (injected)")
+
+    monkeypatch.setattr(manifest, "checksum", failing)
+    model = make_model()
+    model(np.zeros((1, 8), np.float32))
+    with pytest.raises(OSError, match="Input/output error"):
+        checkpointing.restore_latest(ckpt, model)
+    assert len(calls) == retry.READ_TRIES  # Tried again, then raised.
+    assert int(model.optimizer.iterations) == 0  # Nothing assigned.
+    monkeypatch.setattr(manifest, "checksum", real)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["4", "8"]  # Nothing moved.
+    assert [v.status for v in checkpointing.verify_steps(ckpt)] == ["ok", "ok"]
 
 
 def test_damaged_manifest(ckpt, capsys):

@@ -12,10 +12,8 @@ saves every 4 steps, then breaks the disk just before the save of step 8:
   kernel fails writes past 64 bytes with EFBIG ("File too large"), as a full
   disk fails them with ENOSPC, without mounting anything.
 
-With on_write_error="raise" the child exits non-zero naming the error; with
-"warn" it lifts the fault at step 12, goes on, and commits the later steps.
-Either way steps committed before the fault are listed, verified and their
-manifests byte-identical.
+The child exits non-zero naming the error; the steps committed before the
+fault are listed, verified and their manifests byte-identical.
 
 The in-process tests below inject OSError(ENOSPC) at two precise points:
 in the Orbax save itself and in the manifest write that follows the commit.
@@ -99,31 +97,6 @@ def test_disk_full_in_manifest_write(trained, monkeypatch, caplog):
     assert checkpointing.restore_latest(directory, fresh).step == 12
 
 
-def test_warn_retries_the_failed_step_at_the_end(tmp_path, monkeypatch):
-    """A failed last periodic save is retried by on_train_end, at the same step."""
-    directory = tmp_path / "ckpt"
-    x, y = make_data()
-    model = make_model()
-    save = ocp.training.Checkpointer.save_checkpointables
-    calls = []
-
-    def fail_once(self, step, *args, **kwargs):
-        calls.append(step)
-        if len(calls) == 1:
-            _enospc()
-        return save(self, step, *args, **kwargs)
-
-    monkeypatch.setattr(ocp.training.Checkpointer, "save_checkpointables", fail_once)
-    # 8 batches: the one periodic save is at step 8, the last step.
-    callback = checkpointing.OrbaxCheckpoint(directory, save_freq=8, on_write_error="warn")
-    with pytest.warns(RuntimeWarning, match=r"step 8 .* failed .*No space left"):
-        model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[callback])
-    assert calls == [8, 8]
-    assert callback.failed_steps == [8]
-    assert [v.status for v in checkpointing.verify_steps(directory)] == ["ok"]
-    assert [s.step for s in checkpointing.list_steps(directory)] == [8]
-
-
 # -- real faults, in a child process ----------------------------------------
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,7 +122,7 @@ def workdir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _run_child(workdir: Path, fault: str, on_write_error: str):
+def _run_child(workdir: Path, fault: str):
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(workdir),
@@ -165,7 +138,6 @@ def _run_child(workdir: Path, fault: str, on_write_error: str):
         "tests.faults.disk_worker",
         str(workdir),
         fault,
-        on_write_error,
     ]
     start = time.monotonic()
     # Pipes, not files: RLIMIT_FSIZE does not limit them.
@@ -173,9 +145,7 @@ def _run_child(workdir: Path, fault: str, on_write_error: str):
         command, cwd=REPO, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S
     )
     output = result.stdout + result.stderr
-    print(
-        f"child {fault}/{on_write_error}: rc={result.returncode} in {time.monotonic() - start:.1f}s"
-    )
+    print(f"child {fault}: rc={result.returncode} in {time.monotonic() - start:.1f}s")
     assert "fault " + fault + " on" in output, output[-4000:]
     return result.returncode, output
 
@@ -208,7 +178,7 @@ FAULTS = {
     "fault", [pytest.param("readonly", id="permission"), pytest.param("fsize", id="full")]
 )
 def test_real_fault_raises_and_keeps_earlier_steps(workdir, fault):
-    rc, output = _run_child(workdir, fault, "raise")
+    rc, output = _run_child(workdir, fault)
     assert rc != 0, output[-4000:]
     assert "CheckpointWriteError: writing checkpoint step 8 failed" in output, output[-4000:]
     error_line = next(
@@ -219,30 +189,6 @@ def test_real_fault_raises_and_keeps_earlier_steps(workdir, fault):
     directory = workdir / "ckpt"
     assert [s.step for s in checkpointing.list_steps(directory)] == [4]
     _assert_step_4_intact(workdir)
-
-
-@pytest.mark.parametrize(
-    "fault", [pytest.param("readonly", id="permission"), pytest.param("fsize", id="full")]
-)
-def test_real_fault_warns_and_retries(workdir, fault):
-    rc, output = _run_child(workdir, fault, "warn")
-    assert rc == 0, output[-4000:]
-    assert "disk_worker: done, failed steps [8]" in output, output[-4000:]
-    warning = next(
-        line for line in output.splitlines() if "RuntimeWarning: OrbaxCheckpoint: writing" in line
-    )
-    assert "checkpoint step 8" in warning and re.search(FAULTS[fault], warning), warning
-    assert re.search(r"WARNING:absl:checkpointing: writing step 8 .* failed", output)
-    directory = workdir / "ckpt"
-    assert [s.step for s in checkpointing.list_steps(directory)] == [4, 12, 16, 20, 24]
-    # The failed step's uncommitted directory went with the reopened checkpointer.
-    assert not [p.name for p in directory.iterdir() if "orbax-checkpoint-tmp" in p.name]
-    verdicts = {v.step: v.status for v in checkpointing.verify_steps(directory)}
-    assert verdicts == {4: "ok", 12: "ok", 16: "ok", 20: "ok", 24: "ok"}
-    _assert_step_4_intact(workdir)
-    fresh = make_model()
-    fresh(np.zeros((1, 8), np.float32))
-    assert checkpointing.restore_latest(directory, fresh).step == 24
 
 
 @pytest.mark.multiprocess
