@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -35,6 +36,8 @@ class OrbaxCheckpoint(MonitorCallback):
       (`model.optimizer.iterations`), also for `save_freq="epoch"`; an integer
       `save_freq` saves when the global step is a multiple of it, so a resumed
       run keeps the same save points.
+    - It is `async_safe`: Keras' async dispatch of batch ends stays on (no
+      device wait per step); saves are decided in the training thread.
     - `fit` blocks only for a snapshot of the state; the Orbax save runs on a
       background thread. If a save is due while the previous one is still
       being written, `fit` waits for it (queue depth 1: no save is dropped).
@@ -135,6 +138,19 @@ class OrbaxCheckpoint(MonitorCallback):
         self._instance = next_instance()
         self._runs = 0
         self._writer: writer.BackgroundWriter | None = None
+        # Filled by `on_train_batch_end` (Keras' thread pool), read in the training thread.
+        self._ended = threading.Condition()
+        self._last_ended: int | None = None
+        self._batch_logs: dict[int, Mapping[str, Any] | None] = {}
+
+    # Keras dispatches `on_train_batch_end` on a thread pool, after the
+    # training thread has moved on, when every callback is async-safe; else it
+    # converts the logs to floats after every step, a device sync per step. A
+    # save must snapshot exactly the step it is named after, so the decision
+    # for batch b runs in the training thread: at the start of the next batch
+    # (before its step is dispatched) and, for an epoch's last batch, in
+    # `on_epoch_end` (after Keras waited for every batch end).
+    async_safe = True
 
     # -- fit hooks -----------------------------------------------------------
 
@@ -186,8 +202,44 @@ class OrbaxCheckpoint(MonitorCallback):
         self._epoch = epoch
         self._batches_in_epoch = 0
         self._epoch_done = False
+        with self._ended:
+            self._last_ended, self._batch_logs = None, {}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._decide(batch - 1)  # The batches before `batch` have run; the state is theirs.
 
     def on_train_batch_end(self, batch, logs=None):
+        with self._ended:  # Possibly several at once, out of order.
+            if self._last_ended is None or batch > self._last_ended:
+                self._last_ended = batch
+            self._batch_logs[batch] = logs
+            self._ended.notify_all()
+
+    def _logs_of(self, batch: int, *, due: bool) -> Mapping[str, Any] | None:
+        """The logs Keras passed to `on_train_batch_end(batch)`; older ones are dropped.
+
+        If a save is `due`, waits for that batch end (Keras' thread pool
+        converts the logs once the step has run: a device wait at save steps
+        only). Else returns None without waiting.
+        """
+        with self._ended:
+            if due and not self._ended.wait_for(
+                lambda: batch in self._batch_logs, self.options.barrier_timeout_s
+            ):
+                raise TimeoutError(
+                    f"the logs of batch {batch} did not arrive within "
+                    f"{self.options.barrier_timeout_s}s. "
+                    f"Received: barrier_timeout_s={self.options.barrier_timeout_s}"
+                )
+            logs = self._batch_logs.get(batch)
+            for old in [b for b in self._batch_logs if b <= batch]:
+                del self._batch_logs[old]
+            return logs
+
+    def _decide(self, batch: int) -> None:
+        """Counts the batches up to `batch` of this epoch and saves if one is due."""
+        if batch < self._batches_in_epoch:
+            return
         added = batch + 1 - self._batches_in_epoch
         self._batches_in_epoch = batch + 1
         self._global_step += added
@@ -195,13 +247,19 @@ class OrbaxCheckpoint(MonitorCallback):
             # With several processes, failures surface at the next save or at
             # the end, where all processes check them together.
             self._writer.raise_if_failed()
-        if self.options.save_freq != "epoch" and (
+        due = self.options.save_freq != "epoch" and (
             self._global_step // self.options.save_freq
             > (self._global_step - added) // self.options.save_freq
-        ):
+        )
+        logs = self._logs_of(batch, due=due)
+        if due:
             self._save(logs)
 
     def on_epoch_end(self, epoch, logs=None):
+        with self._ended:
+            last = self._last_ended
+        if last is not None:
+            self._decide(last)
         self._epoch_done = True
         if not self._coordinator.multiprocess:
             self._writer.raise_if_failed()

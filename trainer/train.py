@@ -19,7 +19,6 @@ from checkpointing.coordination import Coordinator
 from configs import validation
 from trainer import data, mesh, models
 from trainer.callbacks import BoundStepsInFlight, MetricsLogger, SyncEvalSteps
-from trainer.checkpoint import AsyncSafeCheckpoint
 from trainer.preemption import Preempted, PreemptionWatch
 
 # Same program on every process: the n-th digest is the n-th on all.
@@ -80,7 +79,7 @@ def _checkpoint_callback(
     config, directory: epath.Path, steps_per_epoch: int
 ) -> keras.callbacks.Callback:
     position = {"seed": config.data.seed, "global_batch_size": config.data.global_batch_size}
-    return AsyncSafeCheckpoint(
+    return checkpointing.OrbaxCheckpoint(
         str(directory),
         options=validation.checkpoint_options(config.checkpoint),
         steps_per_epoch=steps_per_epoch,

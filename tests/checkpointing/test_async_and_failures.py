@@ -66,7 +66,9 @@ def test_slow_writes_wait_for_each_other_and_none_is_dropped(tmp_path, monkeypat
     busy_after_save = []
 
     class Probe(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
+        # The save of step s is decided at the start of batch s (in the
+        # training thread), right before this hook of the same batch.
+        def on_train_batch_begin(self, batch, logs=None):
             busy_after_save.append(callback._writer.busy)
 
     x, y = make_data()
@@ -78,7 +80,7 @@ def test_slow_writes_wait_for_each_other_and_none_is_dropped(tmp_path, monkeypat
     assert time.monotonic() - started >= 4 * 0.3  # Serialized, one at a time.
     # Right after a save was handed over, the write was still running: fit
     # had blocked only for the snapshot.
-    assert busy_after_save[1] and busy_after_save[3]
+    assert busy_after_save[2] and busy_after_save[4]
 
 
 def test_failure_in_the_background_write_is_raised_from_fit(tmp_path, monkeypatch):

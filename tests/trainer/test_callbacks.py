@@ -16,7 +16,6 @@ from configs import lm
 from tests.checkpointing.common import make_data, make_model
 from trainer import train
 from trainer.callbacks import BoundStepsInFlight, MetricsLogger
-from trainer.checkpoint import AsyncSafeCheckpoint
 from trainer.preemption import PreemptionWatch
 
 
@@ -38,7 +37,7 @@ def test_trainer_callbacks_keep_async_dispatch_on(tmp_path, sigterm_restored):
     assert config.checkpoint.enabled
     callbacks = train.build_callbacks(config, tmp_path, PreemptionWatch(), is_primary=True)
     kinds = [type(c) for c in callbacks]
-    assert AsyncSafeCheckpoint in kinds and MetricsLogger in kinds
+    assert checkpointing.OrbaxCheckpoint in kinds and MetricsLogger in kinds
     # 8 CPU devices in this process: the CPU-only bound comes first (see its docstring).
     assert kinds[0] is BoundStepsInFlight
     on = keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=True)
@@ -102,14 +101,28 @@ def test_sigterm_stops_right_after_the_step_about_to_run(sigterm_restored):
     assert int(model.optimizer.iterations) == 4
 
 
-def _fit_with(callback_class, directory, x, y, save_freq):
+class _WeightsAt(keras.callbacks.Callback):
+    """Records the weights right after the given global steps (not async-safe: exact)."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps, self.weights = set(steps), {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations)
+        if step in self.steps:
+            self.weights[step] = [np.asarray(v.value) for v in self.model.weights]
+
+
+def _fit_with(directory, x, y, save_freq, extra=()):
     keras.utils.set_random_seed(0)
     model = make_model()
-    callback = callback_class(str(directory), save_freq=save_freq, max_to_keep=None, monitor="loss")
-    assert keras.callbacks.CallbackList([callback])._async_train is (
-        callback_class is AsyncSafeCheckpoint
+    callback = checkpointing.OrbaxCheckpoint(
+        str(directory), save_freq=save_freq, max_to_keep=None, monitor="loss"
     )
-    model.fit(x, y, batch_size=16, epochs=2, callbacks=[callback], verbose=0, shuffle=False)
+    callbacks = [callback, *extra]
+    assert keras.callbacks.CallbackList(callbacks)._async_train is (not extra)
+    model.fit(x, y, batch_size=16, epochs=2, callbacks=callbacks, verbose=0, shuffle=False)
     return model
 
 
@@ -120,12 +133,13 @@ def _fit_with(callback_class, directory, x, y, save_freq):
         (5, [5, 10, 15, 20], (5, 10)),  # A save due at an epoch's last batch.
     ],
 )
-def test_async_safe_checkpoint_saves_the_steps_and_states_orbax_checkpoint_saves(
+def test_checkpoint_saves_the_exact_steps_with_async_dispatch_on_and_off(
     tmp_path, save_freq, steps, compared
 ):
     x, y = make_data(160)  # 10 batches per epoch, 2 epochs.
-    _fit_with(AsyncSafeCheckpoint, tmp_path / "async", x, y, save_freq)
-    _fit_with(checkpointing.OrbaxCheckpoint, tmp_path / "sync", x, y, save_freq)
+    truth = _WeightsAt(compared)
+    _fit_with(tmp_path / "async", x, y, save_freq)
+    _fit_with(tmp_path / "sync", x, y, save_freq, extra=[truth])
     ours = checkpointing.list_steps(tmp_path / "async")
     theirs = checkpointing.list_steps(tmp_path / "sync")
     assert [s.step for s in ours] == [s.step for s in theirs] == steps
@@ -133,12 +147,14 @@ def test_async_safe_checkpoint_saves_the_steps_and_states_orbax_checkpoint_saves
         # The metrics stored with the step are that step's logs.
         assert sorted(a.metrics) == sorted(b.metrics) and "loss" in a.metrics
         np.testing.assert_allclose(a.metrics["loss"], b.metrics["loss"], rtol=1e-6)
+    assert sorted(truth.weights) == sorted(compared)
     for step in compared:
-        restored = []
         for name in ("async", "sync"):
             model = make_model()
             checkpointing.restore(tmp_path / name, model, step)
             assert int(model.optimizer.iterations) == step
-            restored.append([np.asarray(v.value) for v in model.weights])
-        for a, b in zip(*restored, strict=True):
-            np.testing.assert_array_equal(a, b)
+            # The state of exactly that step, recorded right after it ran.
+            for a, b in zip(
+                [np.asarray(v.value) for v in model.weights], truth.weights[step], strict=True
+            ):
+                np.testing.assert_array_equal(a, b)
