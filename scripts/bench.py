@@ -6,9 +6,8 @@
   bench_step.py     per step: `trainer.train` against a raw `jax.jit` + optax loop
   bench_report.py   targets; docs/benchmarks.json, docs/benchmarks.png, docs/benchmarks.md
 
-The LM of configs/lm.py, sized by the flags; a question's variants run on the same model
-and batches, in an order that changes every round; figures are medians over rounds.
-Run: `make bench` (2 CPU cores: <= 10 minutes; flags for a GPU host: docs/benchmarks.md).
+Each on the LM of configs/lm.py sized by the flags; a question's variants share the model
+and batches, their order changes every round, and figures are medians over rounds.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ os.environ.setdefault("JAX_NUM_CPU_DEVICES", "2")  # Two meshes to restore betwe
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-import math  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -69,7 +67,7 @@ def lm_config(param_millions: float, batch_size: int, seq_len: int):
     """configs/lm.py, as wide as gives about `param_millions` parameters."""
     config = lm.get_config()
     per_width2 = 12 * config.model.num_layers  # Attention 4 d^2 and MLP 8 d^2 per layer.
-    width = 64 * max(1, round(math.sqrt(param_millions * 1e6 / per_width2) / 64))
+    width = 64 * max(1, round((param_millions * 1e6 / per_width2) ** 0.5 / 64))
     config.model.embed_dim, config.model.mlp_dim = width, 4 * width
     config.data.global_batch_size, config.data.seq_len = batch_size, seq_len
     config.mesh.shape = (-1, min(MODEL_AXIS.value, jax.device_count()))
@@ -117,7 +115,6 @@ def main(argv) -> None:
         results["step"] = bench_step.measure(
             config, model, dist, STEPS.value, WARMUP.value, STEP_ROUNDS.value, scratch, log
         )
-        results["step"]["model"] = bench_report.describe(config, model)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     results["meta"]["seconds"] = time.perf_counter() - _START

@@ -32,13 +32,12 @@ def machine() -> dict:
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             cpu = next((ln.split(":")[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    packages = ("jax", "keras", "orbax-checkpoint", "grain", "optax")
     return {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": f"{cpu}, {os.cpu_count()} cores, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB, "
         f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        "versions": {"python": platform.python_version(), **{p: metadata.version(p) for p in packages}},
+        "versions": {"python": platform.python_version(), **{p: metadata.version(p) for p in ("jax", "keras", "orbax-checkpoint", "grain", "optax")}},
         "load_average": os.getloadavg(),
     }  # fmt: skip
 
@@ -83,14 +82,9 @@ def markdown(results: dict, png: str) -> str:
     for question, title in QUESTIONS.items():
         figures = results[question]["figures"]
         columns = list(next(iter(figures.values())))
-        lines += [
-            f"| {title}, median (ms) | {' | '.join(columns)} |",
-            "|---" * len(columns) + "|---|",
-        ]
+        lines += [f"| {title}, median (ms) | {' | '.join(columns)} |", "|---" * len(columns) + "|---|"]  # fmt: skip
         for name, row in figures.items():
-            lines.append(
-                f"| {LABELS[name]} | " + " | ".join(f"{row[c] * 1e3:.1f}" for c in columns) + " |"
-            )
+            lines.append(f"| {LABELS[name]} | " + " | ".join(f"{row[c] * 1e3:.1f}" for c in columns) + " |")  # fmt: skip
         lines.append("")
     lines += ["| target (this run) | ratio | limit | met |", "|---|---|---|---|"]
     for t in results["targets"]:

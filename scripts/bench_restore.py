@@ -26,10 +26,9 @@ import checkpointing
 
 def measure(meshes, data, batch_size: int, rounds: int, scratch: str, log) -> dict:
     """`meshes`: {"same": (model, distribution), "other": (model, distribution)}."""
-    model, dist = meshes["same"]
     dirs = {name: os.path.join(scratch, f"restore_{name}") for name in ("podfit", "keras_bg")}
-    for name, d in dirs.items():
-        bench_save.run_fit(model, dist, *data(2), batch_size, bench_save.VARIANTS[name], 2, d)
+    for name, d in dirs.items():  # Writes step 2 from the "same" mesh.
+        bench_save.run_fit(*meshes["same"], *data(2), batch_size, bench_save.VARIANTS[name], 2, d)
     readers = {
         "podfit_restore": lambda m: checkpointing.restore(dirs["podfit"], m, 2),
         "keras": lambda m: m.load_weights(dirs["podfit"]),

@@ -1,9 +1,8 @@
 """Per save: how long training is blocked, how much fit time is lost, when the step is durable.
 
-Each variant in VARIANTS is a callback on the same compiled model, fed the same batches,
-saving at the same steps; a round runs one `fit` per variant, in an order that rotates
-between rounds. `none` (no callback) is the baseline; `orbax_manager` is the callback
-users write by hand. Figures per save (medians over rounds):
+Each variant in VARIANTS is a callback on the same compiled model and batches, saving at the
+same steps; a round runs one `fit` per variant, in an order that rotates between rounds.
+`none` is the baseline; `orbax_manager`, what users write by hand. Per save (medians):
   blocked  seconds the training thread spends in the callback's hooks at a save (the end
            of the save's batch and the begin of the next)
   lost     (fit seconds - the same round's `none` fit seconds) / saves; every variant
@@ -31,10 +30,10 @@ import checkpointing
 class ManagerCheckpoint(keras.callbacks.Callback):
     """What users write by hand: an async Orbax CheckpointManager save every N batches."""
 
-    def __init__(self, directory: str, save_freq: int, max_to_keep: int):
+    def __init__(self, directory: str, save_freq: int):
         super().__init__()
         self.save_freq, self.batches = save_freq, 0
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)  # Async by default.
+        options = ocp.CheckpointManagerOptions(max_to_keep=2)  # Async by default.
         self.manager = ocp.CheckpointManager(directory, options=options)
 
     def on_train_batch_end(self, batch, logs=None):
@@ -54,8 +53,13 @@ VARIANTS = {  # name: (directory, save_freq) -> callback
     "podfit": lambda d, n: checkpointing.OrbaxCheckpoint(d, save_freq=n, max_to_keep=2),
     "keras_bg": lambda d, n: KerasOrbax(d, save_freq=n, max_to_keep=2),
     "keras_sync": lambda d, n: KerasOrbax(d, save_freq=n, max_to_keep=2, save_on_background=False),
-    "orbax_manager": lambda d, n: ManagerCheckpoint(d, n, max_to_keep=2),
+    "orbax_manager": ManagerCheckpoint,
 }
+
+
+# In every fit, so that Keras dispatches every variant's steps alike (the per-step question
+# measures dispatch); async dispatch can stall XLA's CPU all-reduce over devices of a process.
+SYNC = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: None)
 
 
 def time_batch_hooks(callback: keras.callbacks.Callback) -> dict:
@@ -101,7 +105,7 @@ def run_fit(model, dist, x, y, batch_size: int, make, save_every: int, directory
         watcher.start()
     start = time.perf_counter()
     with dist.scope():
-        callbacks = [callback] if callback else []
+        callbacks = [SYNC, callback] if callback else [SYNC]
         model.fit(x, y, batch_size=batch_size, shuffle=False, verbose=0, callbacks=callbacks)
     jax.block_until_ready([v.value for v in model.variables])
     fit = {"fit_s": time.perf_counter() - start}

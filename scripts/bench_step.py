@@ -8,7 +8,8 @@ the final save, in `on_train_end`). Its step time runs from the end of step `war
 The raw loop trains the same config's model on the same mesh and grain batches (read
 ahead into host memory, each put onto the batch sharding at its step): `jax.jit` of
 `value_and_grad` of `model.stateless_call` and optax's AdamW with the config's clipping,
-state donated, at most two steps in flight (enough to keep the device busy).
+state donated. At most two steps are in flight, enough to keep an accelerator busy; on CPU
+one, as several in flight stall XLA's CPU all-reduce between the devices of a process.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from unittest import mock
 import jax
 import keras
 import optax
+from bench_report import describe
 from jax.sharding import NamedSharding, PartitionSpec
 
 from trainer import data, mesh
@@ -29,10 +31,10 @@ from trainer import train as trainer
 
 def batches(config, steps: int) -> list:
     """The first `steps` global batches of the config's training data, as (x, y) arrays."""
-    c, shard = config.data, mesh.DataShard(0, 1)
+    c = config.data
     return list(data.train_dataset(
         data.load_splits(c).train, seed=c.seed, global_batch_size=c.global_batch_size,
-        shard=shard, start_step=0, num_steps=steps,
+        shard=mesh.DataShard(0, 1), start_step=0, num_steps=steps,
     ))  # fmt: skip
 
 
@@ -41,9 +43,12 @@ def raw_loop(config, model, dist):
     o = config.optimizer  # keras.optimizers.AdamW's betas and epsilon:
     adamw = optax.adamw(o.learning_rate, 0.9, 0.999, 1e-7, weight_decay=o.weight_decay)
     tx = optax.chain(optax.clip_by_global_norm(o.global_clipnorm), adamw)
-    batch_sharding = NamedSharding(dist.device_mesh.backend_mesh, PartitionSpec("data"))
-    params = [v.value for v in model.trainable_variables]
-    state = {"params": params, "opt": tx.init(params)}  # Sharded like the parameters.
+    mesh_, params = dist.device_mesh.backend_mesh, [v.value for v in model.trainable_variables]
+    state = {"params": params, "opt": tx.init(params)}  # Moments sharded like the parameters,
+    replicated = NamedSharding(mesh_, PartitionSpec())  # step counts replicated on the mesh.
+    batch_sharding = NamedSharding(mesh_, PartitionSpec("data"))
+    in_flight = 1 if jax.default_backend() == "cpu" else 2
+    state = jax.tree.map(lambda a: jax.device_put(a, replicated) if a.ndim == 0 else a, state)
     fixed = [v.value for v in model.non_trainable_variables]
 
     def step(state, x, y):
@@ -55,7 +60,8 @@ def raw_loop(config, model, dist):
         updates, opt = tx.update(grads, state["opt"], state["params"])
         return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, loss
 
-    step = jax.jit(step, donate_argnums=0)
+    shardings = jax.tree.map(lambda a: a.sharding, state)  # Kept, as Keras' own step keeps them.
+    step = jax.jit(step, donate_argnums=0, out_shardings=(shardings, None))
 
     def run(feed) -> float:
         nonlocal state
@@ -63,8 +69,8 @@ def raw_loop(config, model, dist):
         for x, y in feed:
             state, loss = step(state, *jax.device_put((x, y), batch_sharding))
             losses.append(loss)
-            if len(losses) > 2:
-                losses[-3].block_until_ready()
+            if len(losses) > in_flight:
+                losses[-1 - in_flight].block_until_ready()
         jax.block_until_ready(losses[-1])
         return time.perf_counter() - start
 
@@ -108,8 +114,10 @@ def trainer_step_seconds(config, steps: int, warmup: int, scratch: str) -> float
 
 def measure(config, model, dist, steps: int, warmup: int, rounds: int, scratch: str, log):
     """Seconds per step of both paths, which one runs first alternating between rounds."""
+    described = describe(config, model)  # Before the raw loop donates the model's arrays.
     run, feed = raw_loop(config, model, dist), batches(config, steps)
-    run(feed[:2])  # Compiles.
+    with dist.scope():  # Traced under the distribution, as Keras traces its step.
+        run(feed[:2])
     timers = {
         "trainer_train": lambda: trainer_step_seconds(config, steps, warmup, scratch),
         "raw_loop": lambda: run(feed) / steps,
@@ -120,4 +128,4 @@ def measure(config, model, dist, steps: int, warmup: int, rounds: int, scratch: 
             seconds[name].append(timers[name]())
         log(f"step round {r} (ms): { {k: round(v[-1] * 1e3, 1) for k, v in seconds.items()} }")
     figures = {name: {"step": statistics.median(values)} for name, values in seconds.items()}
-    return {"seconds": seconds, "figures": figures}
+    return {"model": described, "seconds": seconds, "figures": figures}
