@@ -67,7 +67,7 @@ def time_batch_hooks(callback: keras.callbacks.Callback) -> dict:
     training thread)}, filled as `fit` runs. The wrappers keep Keras' `_is_default` mark
     (and the callback its `async_safe`), so Keras dispatches them as it did the hooks."""
     calls = {}
-    for hook in ("on_train_batch_begin", "on_train_batch_end"):
+    for hook in ("on_train_batch_begin", "on_train_batch_end", "on_epoch_end"):
         original = getattr(callback, hook)
 
         def timed(batch, logs=None, hook=hook, original=original):
@@ -114,9 +114,12 @@ def run_fit(model, dist, x, y, batch_size: int, make, save_every: int, directory
         watcher.join()
         steps = range(save_every, len(x) // batch_size + 1, save_every)
         blocked, durable = [], []
+        last = len(x) // batch_size
         for step in steps:  # The save of `step` runs in the hooks after batch `step - 1`.
             end = calls[("on_train_batch_end", step - 1)]
-            begin = calls.get(("on_train_batch_begin", step), (0, 0, False))
+            # The next batch's start, or for the last batch the epoch's end.
+            after = ("on_epoch_end", 0) if step == last else ("on_train_batch_begin", step)
+            begin = calls.get(after, (0, 0, False))
             blocked.append(sum(b - a for a, b, main in (end, begin) if main))
             durable.append(seen[step] - end[0])
         fit.update(saves=len(steps), blocked_s=blocked, durable_s=durable)
