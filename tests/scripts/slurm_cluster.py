@@ -217,6 +217,12 @@ def single_node(root: Path, cpus: int = 4) -> Iterator[Cluster]:
     key.chmod(0o600)
     munge_socket = root / "munge" / "munge.socket"
     node = socket.gethostname().split(".")[0]
+    try:  # JAX's SLURM detection dials the coordinator by node name.
+        socket.gethostbyname(node)
+    except OSError as e:
+        raise RuntimeError(
+            f"this host's name {node!r} does not resolve ({e}); add it to /etc/hosts"
+        ) from e
     conf = root / "slurm.conf"
     conf.write_text(
         _CONF.format(
