@@ -34,7 +34,7 @@ class MetricsLogger(keras.callbacks.Callback):
             f.write(json.dumps(record) + "\n")
 
     def _step(self) -> int:
-        return int(self.model.optimizer.iterations.numpy())
+        return int(self.model.optimizer.iterations)
 
     def on_train_batch_end(self, batch, logs=None):
         if not self._enabled or (batch + 1) % self._log_every:

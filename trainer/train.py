@@ -15,7 +15,7 @@ from jax.experimental import multihost_utils
 
 import checkpointing
 from configs import validation
-from trainer import data, mesh, models
+from trainer import data, mesh, models, optim
 from trainer.callbacks import MetricsLogger, SyncEvalSteps
 from trainer.preemption import Preempted, PreemptionWatch
 
@@ -44,9 +44,10 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def _checkpoint_callback(config, directory: Path, steps_per_epoch: int) -> keras.callbacks.Callback:
+def _checkpoint_callback(
+    config, directory: Path, steps_per_epoch: int, data_state
+) -> keras.callbacks.Callback:
     ck = config.checkpoint
-    position = {"seed": config.data.seed, "global_batch_size": config.data.global_batch_size}
     return checkpointing.OrbaxCheckpoint(
         directory=str(directory),
         monitor=ck.monitor,
@@ -59,7 +60,7 @@ def _checkpoint_callback(config, directory: Path, steps_per_epoch: int) -> keras
         keep_period=ck.keep_period or None,
         steps_per_epoch=steps_per_epoch,
         # The data position: batches are a pure function of (seed, global step).
-        data_state=lambda: position,
+        data_state=data_state,
         metadata={"config": config.to_dict()},
         barrier_timeout_s=ck.barrier_timeout_s,
         on_write_error=ck.on_write_error,
@@ -103,12 +104,19 @@ def train(config, workdir: str | Path) -> TrainResult:
     with distribution.scope():
         keras.utils.set_random_seed(tr.seed)  # Same seed everywhere: same initial weights.
         model = models.build(config)
+        position = data.position(config.data, splits)
         start_step = 0
         ckpt_dir = workdir / "checkpoints"
         if config.checkpoint.enabled:
             restored = checkpointing.restore_latest(str(ckpt_dir), model)
             if restored is not None:
-                start_step = restored.step
+                # Refuses data settings that would change the sequence of batches.
+                start_step = data.resume_step(
+                    restored.data_state,
+                    position,
+                    step=restored.step,
+                    allow_change=tr.allow_data_change,
+                )
                 logging.info(
                     "resumed from step %d (epoch %d, step %d of it)",
                     start_step,
@@ -124,6 +132,8 @@ def train(config, workdir: str | Path) -> TrainResult:
 
         callbacks = [
             preemption,
+            # Before the loggers: it adds `learning_rate` to the logs they write.
+            optim.LearningRateLogger(optim.schedule(config.optimizer, total_steps)),
             MetricsLogger(
                 workdir / "metrics.jsonl",
                 log_every=tr.log_every,
@@ -134,7 +144,15 @@ def train(config, workdir: str | Path) -> TrainResult:
         if process_count > 1 and jax.default_backend() == "cpu" and jax.local_device_count() > 1:
             callbacks.append(SyncEvalSteps())
         if config.checkpoint.enabled:
-            callbacks.append(_checkpoint_callback(config, ckpt_dir, tr.steps_per_epoch))
+            callbacks.append(
+                _checkpoint_callback(
+                    config,
+                    ckpt_dir,
+                    tr.steps_per_epoch,
+                    # Batches, not optimizer steps (they differ with accumulation).
+                    lambda: {**position, "step": int(model.optimizer._iterations)},
+                )
+            )
 
         validation_data = None
         if tr.validation_steps:
@@ -173,7 +191,7 @@ def train(config, workdir: str | Path) -> TrainResult:
                 # The checkpoint callback's on_train_end has committed this step.
                 raise Preempted(preemption.stopped_at)
 
-        final_step = int(model.optimizer.iterations.numpy())
+        final_step = int(model.optimizer.iterations)
         digest = weights_digest(model)
     result = TrainResult(
         start_step=start_step, final_step=final_step, weights_sha256=digest, history=history
