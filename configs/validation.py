@@ -196,7 +196,7 @@ def _check_values(cfg: dict, mesh_shape: tuple[int, ...] | None, num_processes: 
     _positive("trainer.validation_steps", tr["validation_steps"], allow_zero=True)
     _positive("trainer.seed", tr["seed"], allow_zero=True)
     _check_trainer(tr, ck)
-    _check_optimizer(opt, tr)
+    _check_optimizer(opt, tr, ck)
 
     parse_save_freq(ck["save_freq"])
     _positive("checkpoint.max_to_keep", ck["max_to_keep"])
@@ -245,7 +245,7 @@ def _steps_of(save_freq: Any) -> int | None:
     return save_freq if isinstance(save_freq, int) and not isinstance(save_freq, bool) else None
 
 
-def _check_optimizer(opt: dict, tr: dict) -> None:
+def _check_optimizer(opt: dict, tr: dict, ck: dict) -> None:
     if opt["name"] not in OPTIMIZERS:
         raise ConfigError("optimizer.name", f"expected one of {OPTIMIZERS}.", opt["name"])
     _positive("optimizer.learning_rate", opt["learning_rate"])
@@ -264,6 +264,13 @@ def _check_optimizer(opt: dict, tr: dict) -> None:
             "optimizer.gradient_accumulation_steps",
             f"must divide trainer.steps_per_epoch ({tr['steps_per_epoch']}), so that epochs end "
             "on an update.",
+            k,
+        )
+    save_steps = _steps_of(ck["save_freq"])
+    if save_steps is not None and save_steps > 0 and save_steps % k:
+        raise ConfigError(
+            "optimizer.gradient_accumulation_steps",
+            f"must divide checkpoint.save_freq ({save_steps}), so that saves land on an update.",
             k,
         )
     total = tr["epochs"] * tr["steps_per_epoch"] // k

@@ -12,9 +12,12 @@ seed on every process. The built-ins are Functional graphs of stock layers
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 
 import keras
+import ml_collections
+from etils import epath
 from keras import ops
 
 from configs.validation import ConfigError
@@ -221,4 +224,30 @@ def build(config) -> keras.Model:
         steps_per_execution=tr.steps_per_execution,
     )
     model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def load(workdir: str, step: int | None = None) -> keras.Model:
+    """The trained model of a podfit `workdir`, in one process, for inference or more fit.
+
+    Rebuilds the model from `<workdir>/config.json` (the user's module must be
+    importable, as for training) and restores `step` (default: the latest
+    committed one) of `<workdir>/checkpoints`.
+
+    Example:
+      model = trainer.models.load("runs/default")
+      model.predict(x)
+    """
+    import checkpointing  # noqa: PLC0415
+
+    config = ml_collections.ConfigDict(
+        json.loads((epath.Path(workdir) / "config.json").read_text())
+    )
+    model = build(config)
+    directory = str(epath.Path(workdir) / "checkpoints")
+    if step is None:
+        if checkpointing.restore_latest(directory, model) is None:
+            raise FileNotFoundError(f"no committed step in {directory}. Received: {workdir}")
+    else:
+        checkpointing.restore(directory, model, step)
     return model

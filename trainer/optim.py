@@ -107,6 +107,8 @@ def schedule(opt_config, total_batches: int) -> Schedule:
 def build(opt_config, total_batches: int) -> keras.optimizers.Optimizer:
     """The optimizer of `config.optimizer`, its rate following `schedule`."""
     rate = schedule(opt_config, total_batches)
+    if rate.kind == "constant" and not rate.warmup_steps:
+        rate = rate.learning_rate  # A float: the model then loads without podfit's classes.
     common = dict(
         learning_rate=rate,
         global_clipnorm=opt_config.global_clipnorm or None,

@@ -71,7 +71,10 @@ def test_settings_that_fit_together():
     c.trainer.steps_per_execution = 2
     c.trainer.log_every = 10
     validate(c)
+    c.checkpoint.save_freq = 6
+    _expect(c, "optimizer.gradient_accumulation_steps", "4")
     c.checkpoint.save_freq = 5
+    c.optimizer.gradient_accumulation_steps = 1
     _expect(c, "trainer.steps_per_execution", "2")
 
 
