@@ -53,6 +53,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.kwargs = ml_collections.ConfigDict({"validation_fraction": 0.1})
     config.data.global_batch_size = 64
     config.data.seed = 0
+    # Read-ahead (grain ReadOptions; read_workers > 0: mp_prefetch processes
+    # for heavy decoding). None of it changes which batches come.
+    config.data.read_threads = 16
+    config.data.read_buffer = 500
+    config.data.read_workers = 0
 
     # `name`: a built-in (BUILTIN_MODELS) or "package.module:function" returning
     # an uncompiled keras.Model; called with `kwargs`.

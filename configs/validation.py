@@ -176,6 +176,9 @@ def _check_values(cfg: dict, mesh_shape: tuple[int, ...] | None, num_processes: 
     batch = data["global_batch_size"]
     _positive("data.global_batch_size", batch)
     _positive("data.seed", data["seed"], allow_zero=True)
+    _count("data.read_threads", data["read_threads"], minimum=1)
+    _count("data.read_buffer", data["read_buffer"], minimum=1)
+    _count("data.read_workers", data["read_workers"], minimum=0)
     if mesh_shape is not None:
         data_size = mesh_shape[list(cfg["mesh"]["axis_names"]).index(BATCH_AXIS)]
         if batch % data_size:

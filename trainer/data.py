@@ -159,12 +159,49 @@ def global_batches(
     return ds[shard.index :: shard.count]
 
 
+@dataclass(frozen=True)
+class Reading:
+    """How batches are read ahead of the step: none of it changes which batches come.
+
+    Attributes:
+      threads: grain read threads (`ReadOptions.num_threads`).
+      buffer: records read ahead (`ReadOptions.prefetch_buffer_size`).
+      workers: processes that read and decode batches (`mp_prefetch`); 0: none.
+        The sources must then be picklable.
+    """
+
+    threads: int = 16
+    buffer: int = 500
+    workers: int = 0
+
+    @classmethod
+    def of(cls, data_config) -> Reading:
+        return cls(data_config.read_threads, data_config.read_buffer, data_config.read_workers)
+
+
 def train_dataset(
-    records, *, seed: int, global_batch_size: int, shard: DataShard, start_step: int, num_steps: int
-) -> grain.MapDataset:
-    """The local batches of global steps [start_step, start_step + num_steps)."""
+    records,
+    *,
+    seed: int,
+    global_batch_size: int,
+    shard: DataShard,
+    start_step: int,
+    num_steps: int,
+    reading: Reading | None = None,
+):
+    """The local batches of global steps [start_step, start_step + num_steps).
+
+    With `reading`, an iterable dataset that reads ahead as it says, in the
+    same order; without, the `MapDataset` (grain's default read-ahead).
+    """
     ds = global_batches(records, seed=seed, global_batch_size=global_batch_size, shard=shard)
-    return ds[start_step : start_step + num_steps]
+    ds = ds[start_step : start_step + num_steps]
+    if reading is None:
+        return ds
+    it = ds.to_iter_dataset(grain.ReadOptions(reading.threads, reading.buffer))
+    if reading.workers:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=reading.workers))
+    return it
 
 
 def validation_dataset(

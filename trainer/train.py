@@ -173,6 +173,7 @@ def train(config, workdir: str | Path) -> TrainResult:
                 shard=shard,
                 start_step=first_step,
                 num_steps=(epochs - initial_epoch) * steps,
+                reading=data.Reading.of(config.data),
             )
             h = model.fit(
                 train_ds,

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from absl import flags
 
 from configs import lm, mlp
 from trainer import data
@@ -122,3 +123,18 @@ def test_resume_with_other_records_is_refused():
     with pytest.raises(data.ConfigError) as info:
         data.resume_step(saved, _position(), step=6, allow_change=False)
     assert info.value.field == "data" and "training records differ" in str(info.value)
+
+
+def _batches(ds):
+    return [np.asarray(b).tolist() for b in ds]
+
+
+@pytest.mark.parametrize(
+    "reading", [data.Reading(1, 1, 0), data.Reading(16, 500, 0), data.Reading(2, 8, 2)]
+)
+def test_read_ahead_settings_keep_the_batches(reading):
+    flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (the launcher parses them).
+    records, shard = _Indices(), DataShard(1, 2)
+    common = dict(seed=4, global_batch_size=8, shard=shard, start_step=5, num_steps=9)
+    plain = _batches(data.train_dataset(records, **common))
+    assert _batches(data.train_dataset(records, **common, reading=reading)) == plain
