@@ -118,8 +118,9 @@ def resume_step(
     Args:
       saved: the data_state of the restored checkpoint.
       current: `position(...)` of this run.
-      step: the checkpoint's step; `saved["step"]` (batches) wins when present,
-        as with gradient accumulation the checkpoint counts optimizer steps.
+      step: the batches the restored model was trained on (its optimizer's
+        raw counter: with gradient accumulation the checkpoint's step counts
+        updates instead).
       allow_change: `trainer.allow_data_change`: continue whatever changed.
 
     Raises:
@@ -137,7 +138,7 @@ def resume_step(
                     "to continue anyway.",
                     current[key],
                 )
-    return int(saved.get("step", step))
+    return int(step)
 
 
 def _local_batch(global_batch_size: int, shard: DataShard) -> int:

@@ -161,8 +161,10 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = self._rate.at((batches - 1) // self._rate.accumulation_steps)
 
     def on_train_batch_end(self, batch, logs=None):
-        self._last = self._epoch_first + batch + 1
-        self._add(logs, self._last)
+        # Dispatched calls may run out of order: each uses its own `batch`.
+        batches = self._epoch_first + batch + 1
+        self._last = max(self._last, batches)
+        self._add(logs, batches)
 
     def on_epoch_end(self, epoch, logs=None):
         self._add(logs, self._last)

