@@ -174,6 +174,10 @@ class OrbaxCheckpoint(MonitorCallback):
         latest = committed[-1] if committed else None
         self._last_saved_step = None if latest is None else latest.step
         self._global_step = int(model.optimizer.iterations)
+        # With gradient accumulation the optimizer updates once per k batches:
+        # `iterations` counts updates (the step names), `_iterations` batches.
+        self._accumulation = int(getattr(model.optimizer, "gradient_accumulation_steps", 0) or 1)
+        self._batches = int(getattr(model.optimizer, "_iterations", model.optimizer.iterations))
         if latest is not None and latest.step > self._global_step:
             warnings.warn(
                 f"{self.directory} holds step {latest.step}, later than this model's "
@@ -242,14 +246,14 @@ class OrbaxCheckpoint(MonitorCallback):
             return
         added = batch + 1 - self._batches_in_epoch
         self._batches_in_epoch = batch + 1
-        self._global_step += added
+        self._batches += added
+        before, self._global_step = self._global_step, self._batches // self._accumulation
         if not self._coordinator.multiprocess:
             # With several processes, failures surface at the next save or at
             # the end, where all processes check them together.
             self._writer.raise_if_failed()
         due = self.options.save_freq != "epoch" and (
-            self._global_step // self.options.save_freq
-            > (self._global_step - added) // self.options.save_freq
+            self._global_step // self.options.save_freq > before // self.options.save_freq
         )
         logs = self._logs_of(batch, due=due)
         if due:
@@ -328,7 +332,6 @@ class OrbaxCheckpoint(MonitorCallback):
         self._writer.wait()  # Queue depth 1; raises earlier failures everywhere.
         model = self.model  # Syncs the JAX state into the variables.
         step = int(model.optimizer.iterations)
-        self._global_step = step
         if step == self._last_saved_step:
             return  # Saved already.
         if any(c.step == step for c in self.checkpointer.checkpoints):

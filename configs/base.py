@@ -14,32 +14,21 @@ from __future__ import annotations
 
 import ml_collections
 
-# Hyperparameters each registered model accepts, with their defaults. The
-# validation refuses any other key under `model`.
-MODEL_DEFAULTS: dict[str, dict] = {
-    "transformer_lm": dict(
-        vocab_size=256,
-        num_layers=2,
-        num_heads=4,
-        embed_dim=128,
-        mlp_dim=512,
-        dropout=0.0,
-    ),
-    "mlp": dict(
-        hidden_sizes=(128, 128),
-        num_classes=10,
-        dropout=0.0,
-    ),
-}
+# The built-in factories (trainer/models.py:REGISTRY, trainer/sources.py:REGISTRY),
+# named here so that a typo is refused before any device work. Any other name
+# must be an import path "package.module:function".
+BUILTIN_MODELS = ("transformer_lm", "mlp")
+BUILTIN_DATA = ("stdlib_bytes", "digits", "tokens", "array_record")
 
-# Fields each data set accepts besides the common ones.
-DATA_DEFAULTS: dict[str, dict] = {
-    # Bytes of the Python standard library's own source files: on every
-    # machine that runs podfit, nothing to download.
-    "stdlib_bytes": dict(seq_len=128, max_bytes=4_000_000, validation_fraction=0.05),
-    # scikit-learn's bundled 8x8 handwritten digits (1,797 images).
-    "digits": dict(validation_fraction=0.1),
-}
+
+def either(value):
+    """A field that takes more than one type (an int or "epoch", None or a str).
+
+    ml-collections fixes a field's type at its first value; a reference of
+    type `object` takes each of them from a config file and from a flag
+    (`--config.checkpoint.save_freq=20` and `=epoch` both parse).
+    """
+    return ml_collections.FieldReference(value, field_type=object)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -56,17 +45,48 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Variables no rule matches are replicated.
     config.mesh.layout_rules = ()
 
+    # `name`: a built-in (BUILTIN_DATA) or "package.module:function" returning
+    # (train, validation) random-access sources; called with `kwargs`.
     config.data = ml_collections.ConfigDict()
+    config.data.name = "digits"
+    # scikit-learn's bundled 8x8 handwritten digits (1,797 images).
+    config.data.kwargs = ml_collections.ConfigDict({"validation_fraction": 0.1})
     config.data.global_batch_size = 64
     config.data.seed = 0
-    set_data(config, "digits")
-    set_model(config, "mlp")
+    # Read-ahead (grain ReadOptions; read_workers > 0: mp_prefetch processes
+    # for heavy decoding). None of it changes which batches come.
+    config.data.read_threads = 16
+    config.data.read_buffer = 500
+    config.data.read_workers = 0
+
+    # `name`: a built-in (BUILTIN_MODELS) or "package.module:function" returning
+    # an uncompiled keras.Model; called with `kwargs`.
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "mlp"
+    config.model.kwargs = ml_collections.ConfigDict(
+        {"hidden_sizes": (128, 128), "num_classes": 10, "dropout": 0.0}
+    )
+    # A Keras loss identifier or "package.module:function"; from_logits is
+    # passed to the losses that take it.
+    config.model.loss = "sparse_categorical_crossentropy"
+    config.model.from_logits = True
+    # Keras metric identifiers or import paths.
+    config.model.metrics = ("accuracy",)
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"
     config.optimizer.learning_rate = 1e-3
     config.optimizer.weight_decay = 0.0
     config.optimizer.global_clipnorm = 1.0
+    # 'constant', 'cosine' or 'linear' (decay), each after a linear warmup of
+    # `warmup_steps`; the decay lasts `decay_steps` (0: the rest of the run)
+    # down to `alpha` x learning_rate. Steps are optimizer steps.
+    config.optimizer.schedule = "constant"
+    config.optimizer.warmup_steps = 0
+    config.optimizer.decay_steps = 0
+    config.optimizer.alpha = 0.0
+    # Batches whose mean gradient makes one update (1: every batch).
+    config.optimizer.gradient_accumulation_steps = 1
 
     config.trainer = ml_collections.ConfigDict()
     config.trainer.epochs = 2
@@ -75,13 +95,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.trainer.seed = 0
     # Steps between metric lines in <workdir>/metrics.jsonl.
     config.trainer.log_every = 10
+    # 'float32', 'mixed_bfloat16' (bfloat16 compute, float32 weights) or 'bfloat16'.
+    config.trainer.dtype_policy = "float32"
+    # Batches per compiled call (Keras' steps_per_execution).
+    config.trainer.steps_per_execution = 1
+    # A resumed run refuses data settings that would change the sequence of
+    # batches (data.name, kwargs, seed, global_batch_size, the records'
+    # files and length); True continues anyway.
+    config.trainer.allow_data_change = False
 
     # The fields of checkpointing.CheckpointOptions, plus `enabled`; checked
     # by that class (see configs/validation.py).
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.enabled = True
     # 'epoch' or a number of steps, as a string or an int.
-    config.checkpoint.save_freq = "epoch"
+    config.checkpoint.save_freq = either("epoch")
     config.checkpoint.max_to_keep = 3
     config.checkpoint.save_best_only = False
     config.checkpoint.monitor = "val_loss"
@@ -99,25 +127,3 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Where the state is copied before the background write: 'auto', 'device', 'host'.
     config.checkpoint.snapshot = "auto"
     return config
-
-
-def set_model(config: ml_collections.ConfigDict, name: str) -> None:
-    """Replaces `config.model` with `name` and its default hyperparameters."""
-    model = ml_collections.ConfigDict({"name": name})
-    for key, value in MODEL_DEFAULTS[name].items():
-        model[key] = value
-    config.model = model
-
-
-def set_data(config: ml_collections.ConfigDict, name: str) -> None:
-    """Keeps only the data fields that data set `name` uses."""
-    data = ml_collections.ConfigDict(
-        {
-            "name": name,
-            "global_batch_size": config.data.global_batch_size,
-            "seed": config.data.seed,
-        }
-    )
-    for key, value in DATA_DEFAULTS[name].items():
-        data[key] = value
-    config.data = data

@@ -19,8 +19,23 @@ from configs import base
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Returns the LM config; `arg` names a preset: None or 'tiny'."""
     config = base.get_config()
-    base.set_data(config, "stdlib_bytes")
-    base.set_model(config, "transformer_lm")
+    config.data.name = "stdlib_bytes"
+    config.data.kwargs = ml_collections.ConfigDict(
+        {"seq_len": 128, "max_bytes": 4_000_000, "validation_fraction": 0.05}
+    )
+    config.model.name = "transformer_lm"
+    config.model.kwargs = ml_collections.ConfigDict(
+        {
+            "vocab_size": 256,
+            # The data's: `--config.data.kwargs.seq_len=64` changes both.
+            "seq_len": config.data.kwargs.get_ref("seq_len"),
+            "num_layers": 2,
+            "num_heads": 4,
+            "embed_dim": 128,
+            "mlp_dim": 512,
+            "dropout": 0.0,
+        }
+    )
 
     config.mesh.shape = (-1, 2)
     config.mesh.axis_names = ("data", "model")
@@ -35,7 +50,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     config.data.global_batch_size = 32
-    config.data.seq_len = 128
 
     config.optimizer.learning_rate = 3e-3
 
@@ -47,13 +61,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint.max_to_keep = 2
 
     if arg == "tiny":
-        config.model.num_layers = 1
-        config.model.embed_dim = 32
-        config.model.mlp_dim = 64
-        config.model.num_heads = 2
-        config.data.seq_len = 32
+        config.model.kwargs.num_layers = 1
+        config.model.kwargs.embed_dim = 32
+        config.model.kwargs.mlp_dim = 64
+        config.model.kwargs.num_heads = 2
+        config.data.kwargs.seq_len = 32
         config.data.global_batch_size = 16
-        config.data.max_bytes = 400_000
+        config.data.kwargs.max_bytes = 400_000
         config.trainer.epochs = 1
         config.trainer.steps_per_epoch = 8
         config.trainer.validation_steps = 1

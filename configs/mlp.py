@@ -15,9 +15,7 @@ from configs import base
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Returns the MLP config; `arg` names a preset: None or 'tiny'."""
-    config = base.get_config()
-    base.set_data(config, "digits")
-    base.set_model(config, "mlp")
+    config = base.get_config()  # digits and the MLP are the schema's defaults.
     config.mesh.shape = (-1,)
     config.mesh.axis_names = ("data",)
     config.mesh.layout_rules = ()
@@ -29,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint.monitor = "val_accuracy"
     config.checkpoint.mode = "max"
     if arg == "tiny":
-        config.model.hidden_sizes = (32,)
+        config.model.kwargs.hidden_sizes = (32,)
         config.data.global_batch_size = 16
         config.trainer.epochs = 1
         config.trainer.steps_per_epoch = 6

@@ -20,7 +20,10 @@ from configs import base
 BATCH_AXIS = "data"
 SECTIONS = ("mesh", "data", "model", "optimizer", "trainer", "checkpoint")
 OPTIMIZERS = ("adamw", "adam", "sgd")
-COMMON_DATA_KEYS = ("name", "global_batch_size", "seed")
+SCHEDULES = ("constant", "cosine", "linear")
+DTYPE_POLICIES = ("float32", "mixed_bfloat16", "bfloat16")
+# trainer/plugins.py's form of "package.module:function".
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 class ConfigError(ValueError):
@@ -80,25 +83,33 @@ def _check_types(cfg: dict) -> None:
         for key, default in schema[section].items():
             _same_type(f"{section}.{key}", cfg[section][key], default)
 
-    data_name = cfg["data"].get("name")
-    if data_name not in base.DATA_DEFAULTS:
-        raise ConfigError(
-            "data.name", f"unknown data set; known: {sorted(base.DATA_DEFAULTS)}.", data_name
-        )
-    data_schema = {"global_batch_size": 1, "seed": 0, **base.DATA_DEFAULTS[data_name]}
-    _check_keys("data", cfg["data"], ("name", *data_schema))
-    for key, default in data_schema.items():
-        _same_type(f"data.{key}", cfg["data"][key], default)
+    for section, builtins in (("data", base.BUILTIN_DATA), ("model", base.BUILTIN_MODELS)):
+        _check_keys(section, cfg[section], tuple(schema[section]))
+        for key, default in schema[section].items():
+            if key != "kwargs":
+                _same_type(f"{section}.{key}", cfg[section][key], default)
+        _check_name(f"{section}.name", cfg[section]["name"], builtins)
+        kwargs = cfg[section]["kwargs"]
+        if not isinstance(kwargs, Mapping) and not hasattr(kwargs, "to_dict"):
+            raise ConfigError(
+                f"{section}.kwargs", "expected a ConfigDict of keyword arguments.", kwargs
+            )
+        for key in _as_dict(kwargs):
+            if not isinstance(key, str) or not key.isidentifier():
+                raise ConfigError(f"{section}.kwargs", "keys must be argument names.", key)
 
-    model_name = cfg["model"].get("name")
-    if model_name not in base.MODEL_DEFAULTS:
+
+def _check_name(field: str, name: Any, builtins: Sequence[str]) -> None:
+    """A built-in name, or "package.module:function" (imported later, by the trainer)."""
+    if isinstance(name, str) and ":" in name:
+        if not IMPORT_PATH.match(name):
+            raise ConfigError(field, "expected 'package.module:function'.", name)
+    elif name not in builtins:
         raise ConfigError(
-            "model.name", f"unknown model; known: {sorted(base.MODEL_DEFAULTS)}.", model_name
+            field,
+            f"unknown built-in; known: {sorted(builtins)}, or 'package.module:function'.",
+            name,
         )
-    model_schema = base.MODEL_DEFAULTS[model_name]
-    _check_keys("model", cfg["model"], ("name", *model_schema))
-    for key, default in model_schema.items():
-        _same_type(f"model.{key}", cfg["model"][key], default)
 
 
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
@@ -166,6 +177,9 @@ def _check_values(cfg: dict, mesh_shape: tuple[int, ...] | None, num_processes: 
     batch = data["global_batch_size"]
     _positive("data.global_batch_size", batch)
     _positive("data.seed", data["seed"], allow_zero=True)
+    _count("data.read_threads", data["read_threads"], minimum=1)
+    _count("data.read_buffer", data["read_buffer"], minimum=1)
+    _count("data.read_workers", data["read_workers"], minimum=0)
     if mesh_shape is not None:
         data_size = mesh_shape[list(cfg["mesh"]["axis_names"]).index(BATCH_AXIS)]
         if batch % data_size:
@@ -180,42 +194,13 @@ def _check_values(cfg: dict, mesh_shape: tuple[int, ...] | None, num_processes: 
             f"must be divisible by the process count ({num_processes}).",
             batch,
         )
-    for key in ("seq_len", "max_bytes"):
-        if key in data:
-            _positive(f"data.{key}", data[key])
-    if "validation_fraction" in data and not 0 < data["validation_fraction"] < 1:
-        raise ConfigError(
-            "data.validation_fraction", "must be in (0, 1).", data["validation_fraction"]
-        )
-
-    for key in ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_dim", "num_classes"):
-        if key in model:
-            _positive(f"model.{key}", model[key])
-    if "hidden_sizes" in model:
-        sizes = tuple(model["hidden_sizes"])
-        if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in sizes):
-            raise ConfigError(
-                "model.hidden_sizes", "expected a non-empty tuple of ints > 0.", sizes
-            )
-    if "num_heads" in model and model["embed_dim"] % model["num_heads"]:
-        raise ConfigError(
-            "model.embed_dim",
-            f"must be divisible by model.num_heads ({model['num_heads']}).",
-            model["embed_dim"],
-        )
-    if not 0 <= model["dropout"] < 1:
-        raise ConfigError("model.dropout", "must be in [0, 1).", model["dropout"])
-
-    if opt["name"] not in OPTIMIZERS:
-        raise ConfigError("optimizer.name", f"expected one of {OPTIMIZERS}.", opt["name"])
-    _positive("optimizer.learning_rate", opt["learning_rate"])
-    _positive("optimizer.weight_decay", opt["weight_decay"], allow_zero=True)
-    _positive("optimizer.global_clipnorm", opt["global_clipnorm"], allow_zero=True)
-
+    _check_model(model)
     for key in ("epochs", "steps_per_epoch", "log_every"):
         _positive(f"trainer.{key}", tr[key])
     _positive("trainer.validation_steps", tr["validation_steps"], allow_zero=True)
     _positive("trainer.seed", tr["seed"], allow_zero=True)
+    _check_trainer(tr, ck)
+    _check_optimizer(opt, tr, ck)
 
     if not isinstance(ck["enabled"], bool):
         raise ConfigError("checkpoint.enabled", "expected bool.", ck["enabled"])
@@ -234,6 +219,96 @@ def checkpoint_options(section: Any) -> CheckpointOptions:
         return CheckpointOptions(**values)
     except OptionError as e:
         raise ConfigError(f"checkpoint.{e.field}", e.reason, e.value) from None
+
+
+def _check_model(model: dict) -> None:
+    if not IMPORT_PATH.match(model["loss"]) and not re.match(r"^\w+$", model["loss"]):
+        raise ConfigError(
+            "model.loss",
+            "expected a Keras loss identifier or 'package.module:function'.",
+            model["loss"],
+        )
+    for i, metric in enumerate(model["metrics"]):
+        if not isinstance(metric, str) or not (
+            IMPORT_PATH.match(metric) or re.match(r"^\w+$", metric)
+        ):
+            raise ConfigError(
+                f"model.metrics[{i}]",
+                "expected a Keras metric identifier or 'package.module:function'.",
+                metric,
+            )
+
+
+def _count(field: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(field, f"expected an int >= {minimum}.", value)
+
+
+def _steps_of(save_freq: Any) -> int | None:
+    """save_freq as a number of steps, or None for 'epoch' (checked with the checkpoint)."""
+    if isinstance(save_freq, str) and save_freq.strip().isdigit():
+        return int(save_freq)
+    return save_freq if isinstance(save_freq, int) and not isinstance(save_freq, bool) else None
+
+
+def _check_optimizer(opt: dict, tr: dict, ck: dict) -> None:
+    if opt["name"] not in OPTIMIZERS:
+        raise ConfigError("optimizer.name", f"expected one of {OPTIMIZERS}.", opt["name"])
+    _positive("optimizer.learning_rate", opt["learning_rate"])
+    _positive("optimizer.weight_decay", opt["weight_decay"], allow_zero=True)
+    _positive("optimizer.global_clipnorm", opt["global_clipnorm"], allow_zero=True)
+    if opt["schedule"] not in SCHEDULES:
+        raise ConfigError("optimizer.schedule", f"expected one of {SCHEDULES}.", opt["schedule"])
+    _count("optimizer.warmup_steps", opt["warmup_steps"], minimum=0)
+    _count("optimizer.decay_steps", opt["decay_steps"], minimum=0)
+    if not 0 <= opt["alpha"] <= 1:
+        raise ConfigError("optimizer.alpha", "must be in [0, 1].", opt["alpha"])
+    k = opt["gradient_accumulation_steps"]
+    _count("optimizer.gradient_accumulation_steps", k, minimum=1)
+    if isinstance(tr["steps_per_epoch"], int) and tr["steps_per_epoch"] % k:
+        raise ConfigError(
+            "optimizer.gradient_accumulation_steps",
+            f"must divide trainer.steps_per_epoch ({tr['steps_per_epoch']}), so that epochs end "
+            "on an update.",
+            k,
+        )
+    save_steps = _steps_of(ck["save_freq"])
+    if save_steps is not None and save_steps > 0 and save_steps % k:
+        raise ConfigError(
+            "optimizer.gradient_accumulation_steps",
+            f"must divide checkpoint.save_freq ({save_steps}), so that saves land on an update.",
+            k,
+        )
+    total = tr["epochs"] * tr["steps_per_epoch"] // k
+    if opt["schedule"] != "constant" and opt["warmup_steps"] >= total:
+        raise ConfigError(
+            "optimizer.warmup_steps",
+            f"must be less than the run's optimizer steps ({total}).",
+            opt["warmup_steps"],
+        )
+
+
+def _check_trainer(tr: dict, ck: dict) -> None:
+    if tr["dtype_policy"] not in DTYPE_POLICIES:
+        raise ConfigError(
+            "trainer.dtype_policy", f"expected one of {DTYPE_POLICIES}.", tr["dtype_policy"]
+        )
+    n = tr["steps_per_execution"]
+    _count("trainer.steps_per_execution", n, minimum=1)
+    for key in ("steps_per_epoch", "log_every"):
+        if tr[key] % n:
+            raise ConfigError(
+                "trainer.steps_per_execution",
+                f"must divide trainer.{key} ({tr[key]}): callbacks see every {n}th step only.",
+                n,
+            )
+    steps = _steps_of(ck["save_freq"])
+    if steps is not None and steps > 0 and steps % n:
+        raise ConfigError(
+            "trainer.steps_per_execution",
+            f"must divide checkpoint.save_freq ({steps}): callbacks see every {n}th step only.",
+            n,
+        )
 
 
 def parse_save_freq(value: Any) -> str | int:

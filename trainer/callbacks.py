@@ -29,33 +29,50 @@ class MetricsLogger(keras.callbacks.Callback):
     records are written under a lock in step order: a batch's line waits
     until every earlier batch of the epoch has ended. `on_epoch_end` runs in
     the training thread after all batch ends of the epoch.
+
+    Keras calls `on_train_batch_end` once per `steps_per_execution` batches
+    (with the last one's index); `step` counts optimizer updates (batches //
+    `accumulation`, the optimizer's gradient accumulation steps).
     """
 
     async_safe = True
 
-    def __init__(self, path: epath.PathLike, *, log_every: int, total_steps: int, enabled: bool):
+    def __init__(
+        self,
+        path: epath.PathLike,
+        *,
+        log_every: int,
+        total_steps: int,
+        enabled: bool,
+        steps_per_execution: int = 1,
+        accumulation: int = 1,
+    ):
         super().__init__()
+        self._stride = steps_per_execution
+        self._accumulation = accumulation
         self._sink = JsonLines(path) if enabled else None
         self._log_every = log_every
         self._total = total_steps
         self._enabled = enabled
         self._start = time.monotonic()
         self._lock = threading.Lock()
-        self._epoch_start = 0  # Global step before the epoch's first batch.
+        self._epoch_start = 0  # Batches before the epoch's first batch.
         self._ended: set[int] = set()  # Batches ended, not yet passed in order.
         self._pending: dict[int, dict] = {}  # Records waiting for earlier batches.
-        self._next = 0  # The next batch (in the epoch) to pass in order.
+        self._next = steps_per_execution - 1  # The next batch end (in the epoch) to pass.
 
     def _write(self, record: dict) -> None:
         self._sink.write(record)
 
     def on_train_begin(self, logs=None):
         if self._enabled:
-            self._epoch_start = int(self.model.optimizer.iterations)
+            optimizer = self.model.optimizer
+            # The batch counter (`iterations` counts updates: batches // accumulation).
+            self._epoch_start = int(getattr(optimizer, "_iterations", optimizer.iterations))
 
     def on_epoch_begin(self, epoch, logs=None):
         with self._lock:
-            self._ended, self._pending, self._next = set(), {}, 0
+            self._ended, self._pending, self._next = set(), {}, self._stride - 1
 
     def on_train_batch_end(self, batch, logs=None):
         if not self._enabled:
@@ -63,12 +80,12 @@ class MetricsLogger(keras.callbacks.Callback):
         with self._lock:
             self._ended.add(batch)
             if not (batch + 1) % self._log_every:
-                step = self._epoch_start + batch + 1
+                step = (self._epoch_start + batch + 1) // self._accumulation
                 self._pending[batch] = {"step": step, **_floats(logs)}
             while self._next in self._ended:  # Every batch up to here has ended.
                 self._ended.discard(self._next)
                 record = self._pending.pop(self._next, None)
-                self._next += 1
+                self._next += self._stride
                 if record is not None:
                     self._emit(record)
 
@@ -90,8 +107,9 @@ class MetricsLogger(keras.callbacks.Callback):
             return
         with self._lock:
             # Keras has waited for every batch end of the epoch: all passed.
-            self._epoch_start += self._next
-            record = {"epoch": epoch + 1, "step": self._epoch_start, **_floats(logs)}
+            self._epoch_start += self._next - (self._stride - 1)
+            step = self._epoch_start // self._accumulation
+            record = {"epoch": epoch + 1, "step": step, **_floats(logs)}
             self._write(record)
         self._sink.flush()  # A remote file is rewritten here at least.
         logging.info(

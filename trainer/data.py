@@ -6,19 +6,23 @@ by `data.seed` (reshuffled every pass). A process feeds a contiguous block of
 L = G / shard.count of them: the local batches are the shuffled records
 batched by L and sharded with grain's slicing, `[shard.index::shard.count]`.
 JAX then assembles the global batch from the processes' blocks.
+
+The records come from `config.data.name`: a built-in of trainer/sources.py or
+"package.module:function", called with `config.data.kwargs`.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import sysconfig
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import grain
-import numpy as np
 
 from configs.validation import ConfigError
+from trainer import plugins, sources
 from trainer.mesh import DataShard
 
 
@@ -30,77 +34,111 @@ class Splits:
     validation: object
 
 
-class _BytesWindows:
-    """Windows of seq_len + 1 bytes at stride seq_len: (input, next-byte target)."""
-
-    def __init__(self, corpus: np.ndarray, seq_len: int):
-        self._corpus = corpus
-        self._seq_len = seq_len
-
-    def __len__(self) -> int:
-        return (len(self._corpus) - 1) // self._seq_len
-
-    def __getitem__(self, index: int):
-        start = index * self._seq_len
-        window = self._corpus[start : start + self._seq_len + 1].astype(np.int32)
-        return window[:-1], window[1:]
-
-
-@functools.cache
-def stdlib_corpus(max_bytes: int) -> np.ndarray:
-    """The Python standard library's .py files, in sorted path order, as bytes.
-
-    The same on every process of one machine image; read once per process.
-    """
-    root = sysconfig.get_paths()["stdlib"]
-    chunks, total = [], 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(
-            d for d in dirnames if d not in ("site-packages", "test", "tests", "idlelib")
+def _check_source(name: str, split: str, source, *, optional: bool) -> None:
+    if source is None and optional:
+        return
+    if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
+        raise ConfigError(
+            "data.name",
+            f"the factory's {split} split must be a random-access source (len and "
+            f"__getitem__); it is {type(source).__name__}.",
+            name,
         )
-        for name in sorted(filenames):
-            if not name.endswith(".py"):
-                continue
-            with open(os.path.join(dirpath, name), "rb") as f:
-                chunks.append(f.read())
-            total += len(chunks[-1])
-            if total >= max_bytes:
-                return np.frombuffer(b"".join(chunks)[:max_bytes], dtype=np.uint8)
-    return np.frombuffer(b"".join(chunks), dtype=np.uint8)
-
-
-class _Arrays:
-    def __init__(self, x: np.ndarray, y: np.ndarray):
-        self._x, self._y = x, y
-
-    def __len__(self) -> int:
-        return len(self._x)
-
-    def __getitem__(self, index: int):
-        return self._x[index], self._y[index]
+    if not len(source):
+        raise ConfigError("data.name", f"the factory's {split} split is empty.", name)
+    record = source[0]
+    ok = isinstance(record, Mapping) or (isinstance(record, tuple) and len(record) in (2, 3))
+    if not ok:
+        raise ConfigError(
+            "data.name",
+            f"{split} records must be (x, y), (x, y, sample_weight) or a dict of arrays; "
+            f"record 0 is {type(record).__name__}.",
+            name,
+        )
 
 
 def load_splits(data_config) -> Splits:
-    """Training and validation records of `data_config.name`."""
-    if data_config.name == "stdlib_bytes":
-        corpus = stdlib_corpus(data_config.max_bytes)
-        split = int(len(corpus) * (1 - data_config.validation_fraction))
-        return Splits(
-            train=_BytesWindows(corpus[:split], data_config.seq_len),
-            validation=_BytesWindows(corpus[split:], data_config.seq_len),
-        )
-    if data_config.name == "digits":
-        from sklearn.datasets import load_digits  # Ships its data: no download.
+    """Training and validation records of `data_config.name` with its kwargs.
 
-        digits = load_digits()
-        x = (digits.data / 16.0).astype(np.float32)
-        y = digits.target.astype(np.int32)
-        # A fixed permutation (not data.seed) so the split never moves.
-        order = np.random.default_rng(0).permutation(len(x))
-        n_val = int(len(x) * data_config.validation_fraction)
-        val, train = order[:n_val], order[n_val:]
-        return Splits(train=_Arrays(x[train], y[train]), validation=_Arrays(x[val], y[val]))
-    raise ConfigError("data.name", "unknown data set.", data_config.name)
+    Raises:
+      ConfigError: an unknown name, an unimportable path, kwargs the factory
+        does not take, a factory that raises or returns something else than
+        `(train, validation)` sources.
+    """
+    name = data_config.name
+    factory = plugins.resolve("data.name", name, sources.REGISTRY)
+    result = plugins.call_factory("data", name, factory, plugins.plain(data_config.kwargs))
+    if not isinstance(result, tuple | list) or len(result) != 2:
+        raise ConfigError(
+            "data.name",
+            f"the factory must return (train, validation); it returned {type(result).__name__}.",
+            name,
+        )
+    train, validation = result
+    _check_source(name, "train", train, optional=False)
+    _check_source(name, "validation", validation, optional=True)
+    return Splits(train=train, validation=validation)
+
+
+def fingerprint(source) -> dict:
+    """What identifies a source's records cheaply: its length and files (path, size)."""
+    if source is None:
+        return {"length": 0, "files": ""}
+    files = getattr(source, "files", ())
+    digest = hashlib.sha256(json.dumps([list(f) for f in files]).encode()).hexdigest()
+    return {"length": len(source), "files": digest[:16] if files else ""}
+
+
+def position(data_config, splits: Splits) -> dict:
+    """The data position of a run, but for the step: saved with every checkpoint."""
+    return {
+        "name": data_config.name,
+        "kwargs": json.loads(json.dumps(plugins.plain(data_config.kwargs), default=str)),
+        "seed": data_config.seed,
+        "global_batch_size": data_config.global_batch_size,
+        "train": fingerprint(splits.train),
+    }
+
+
+# The saved key, the field a difference is reported under, what it means.
+_GUARDED = (
+    ("name", "data.name"),
+    ("kwargs", "data.kwargs"),
+    ("seed", "data.seed"),
+    ("global_batch_size", "data.global_batch_size"),
+    ("train", "data"),
+)
+
+
+def resume_step(
+    saved: Mapping[str, Any], current: Mapping[str, Any], *, step: int, allow_change: bool
+) -> int:
+    """The global step (batches) a resumed run continues at, after the guard.
+
+    Args:
+      saved: the data_state of the restored checkpoint.
+      current: `position(...)` of this run.
+      step: the batches the restored model was trained on (its optimizer's
+        raw counter: with gradient accumulation the checkpoint's step counts
+        updates instead).
+      allow_change: `trainer.allow_data_change`: continue whatever changed.
+
+    Raises:
+      ConfigError: a field that would change the sequence of batches differs
+        from the checkpoint's (only keys both have are compared).
+    """
+    if not allow_change:
+        for key, field in _GUARDED:
+            if key in saved and saved[key] != current[key]:
+                what = "the training records" if key == "train" else field
+                raise ConfigError(
+                    field,
+                    f"{what} differ from the checkpoint's ({saved[key]!r}), which would change "
+                    "the sequence of batches; pass --config.trainer.allow_data_change=True "
+                    "to continue anyway.",
+                    current[key],
+                )
+    return int(step)
 
 
 def _local_batch(global_batch_size: int, shard: DataShard) -> int:
@@ -122,18 +160,59 @@ def global_batches(
     return ds[shard.index :: shard.count]
 
 
+@dataclass(frozen=True)
+class Reading:
+    """How batches are read ahead of the step: none of it changes which batches come.
+
+    Attributes:
+      threads: grain read threads (`ReadOptions.num_threads`).
+      buffer: records read ahead (`ReadOptions.prefetch_buffer_size`).
+      workers: processes that read and decode batches (`mp_prefetch`); 0: none.
+        The sources must then be picklable.
+    """
+
+    threads: int = 16
+    buffer: int = 500
+    workers: int = 0
+
+    @classmethod
+    def of(cls, data_config) -> Reading:
+        return cls(data_config.read_threads, data_config.read_buffer, data_config.read_workers)
+
+
 def train_dataset(
-    records, *, seed: int, global_batch_size: int, shard: DataShard, start_step: int, num_steps: int
-) -> grain.MapDataset:
-    """The local batches of global steps [start_step, start_step + num_steps)."""
+    records,
+    *,
+    seed: int,
+    global_batch_size: int,
+    shard: DataShard,
+    start_step: int,
+    num_steps: int,
+    reading: Reading | None = None,
+):
+    """The local batches of global steps [start_step, start_step + num_steps).
+
+    With `reading`, an iterable dataset that reads ahead as it says, in the
+    same order; without, the `MapDataset` (grain's default read-ahead).
+    """
     ds = global_batches(records, seed=seed, global_batch_size=global_batch_size, shard=shard)
-    return ds[start_step : start_step + num_steps]
+    ds = ds[start_step : start_step + num_steps]
+    if reading is None:
+        return ds
+    it = ds.to_iter_dataset(grain.ReadOptions(reading.threads, reading.buffer))
+    if reading.workers:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=reading.workers))
+    return it
 
 
 def validation_dataset(
     records, *, global_batch_size: int, shard: DataShard, num_steps: int
 ) -> grain.MapDataset:
     """The same first `num_steps` validation global batches every epoch, unshuffled."""
+    if records is None:
+        raise ConfigError(
+            "trainer.validation_steps", "the data set has no validation split; use 0.", num_steps
+        )
     ds = grain.MapDataset.source(records).batch(
         _local_batch(global_batch_size, shard), drop_remainder=True
     )

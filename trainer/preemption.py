@@ -50,7 +50,7 @@ class PreemptionWatch(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         # Read once; counted on the host afterwards (no device sync per step).
-        self._step = int(self.model.optimizer.iterations.numpy())
+        self._step = int(self.model.optimizer.iterations)
 
     def on_test_begin(self, logs=None):
         # Validation inside `fit`: a SIGTERM now is acted on at the next

@@ -17,7 +17,7 @@ import checkpointing
 from checkpointing import layout
 from checkpointing.coordination import Coordinator
 from configs import validation
-from trainer import data, mesh, models
+from trainer import data, mesh, models, optim
 from trainer.callbacks import BoundStepsInFlight, MetricsLogger, SyncEvalSteps
 from trainer.preemption import Preempted, PreemptionWatch
 
@@ -76,21 +76,25 @@ def weights_digest(model: keras.Model, timeout_s: float = 300.0) -> str:
 
 
 def _checkpoint_callback(
-    config, directory: epath.Path, steps_per_epoch: int
+    config, directory: epath.Path, steps_per_epoch: int, data_state
 ) -> keras.callbacks.Callback:
-    position = {"seed": config.data.seed, "global_batch_size": config.data.global_batch_size}
     return checkpointing.OrbaxCheckpoint(
         str(directory),
         options=validation.checkpoint_options(config.checkpoint),
         steps_per_epoch=steps_per_epoch,
         # The data position: batches are a pure function of (seed, global step).
-        data_state=lambda: position,
+        data_state=data_state,
         metadata={"config": config.to_dict()},
     )
 
 
 def build_callbacks(
-    config, workdir: epath.Path, preemption: PreemptionWatch, *, is_primary: bool
+    config,
+    workdir: epath.Path,
+    preemption: PreemptionWatch,
+    *,
+    is_primary: bool,
+    data_state=None,
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of every `fit`; all async-safe, so Keras' async dispatch stays on.
 
@@ -99,23 +103,31 @@ def build_callbacks(
     `on_epoch_end`); `on_train_batch_end` runs on Keras' thread pool.
     """
     tr = config.trainer
+    total_steps = tr.epochs * tr.steps_per_epoch  # Batches.
+    accumulation = config.optimizer.gradient_accumulation_steps
     callbacks = []
     cpu_devices = jax.default_backend() == "cpu" and jax.local_device_count() > 1
     if cpu_devices:  # The CPU simulation only, and first; see BoundStepsInFlight.
         callbacks.append(BoundStepsInFlight(_CPU_STEPS_IN_FLIGHT))
     callbacks += [
         preemption,
+        # Before the loggers: it adds `learning_rate` to the logs they write.
+        optim.LearningRateLogger(optim.schedule(config.optimizer, total_steps)),
         MetricsLogger(
             workdir / "metrics.jsonl",
             log_every=tr.log_every,
-            total_steps=tr.epochs * tr.steps_per_epoch,
+            total_steps=total_steps // accumulation,
             enabled=is_primary,
+            steps_per_execution=tr.steps_per_execution,
+            accumulation=accumulation,
         ),
     ]
     if cpu_devices and jax.process_count() > 1:
         callbacks.append(SyncEvalSteps())
     if config.checkpoint.enabled:
-        callbacks.append(_checkpoint_callback(config, workdir / "checkpoints", tr.steps_per_epoch))
+        callbacks.append(
+            _checkpoint_callback(config, workdir / "checkpoints", tr.steps_per_epoch, data_state)
+        )
     return callbacks
 
 
@@ -157,12 +169,19 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
     with distribution.scope():
         keras.utils.set_random_seed(tr.seed)  # Same seed everywhere: same initial weights.
         model = models.build(config)
+        position = data.position(config.data, splits)
         start_step = 0
         ckpt_dir = workdir / "checkpoints"
         if config.checkpoint.enabled:
             restored = checkpointing.restore_latest(str(ckpt_dir), model)
             if restored is not None:
-                start_step = restored.step
+                # Refuses data settings that would change the sequence of batches.
+                start_step = data.resume_step(
+                    restored.data_state,
+                    position,
+                    step=int(model.optimizer._iterations),  # Batches (see optim.py).
+                    allow_change=tr.allow_data_change,
+                )
                 logging.info(
                     "resumed from step %d (epoch %d, step %d of it)",
                     start_step,
@@ -176,7 +195,14 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
                 json.dumps(config.to_dict(), indent=2, default=str)
             )
 
-        callbacks = build_callbacks(config, workdir, preemption, is_primary=is_primary)
+        callbacks = build_callbacks(
+            config,
+            workdir,
+            preemption,
+            is_primary=is_primary,
+            # Batches, not optimizer steps (they differ with accumulation).
+            data_state=lambda: {**position, "step": int(model.optimizer._iterations)},
+        )
 
         validation_data = None
         if tr.validation_steps:
@@ -197,6 +223,7 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
                 shard=shard,
                 start_step=first_step,
                 num_steps=(epochs - initial_epoch) * steps,
+                reading=data.Reading.of(config.data),
             )
             h = model.fit(
                 train_ds,
@@ -215,7 +242,7 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
                 # The checkpoint callback's on_train_end has committed this step.
                 raise Preempted(preemption.stopped_at)
 
-        final_step = int(model.optimizer.iterations.numpy())
+        final_step = int(model.optimizer.iterations)
         digest = weights_digest(model)
     result = TrainResult(
         start_step=start_step, final_step=final_step, weights_sha256=digest, history=history

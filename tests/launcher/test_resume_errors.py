@@ -15,7 +15,7 @@ def test_checkpoint_of_a_different_model_exits_2_with_one_line(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     (step,) = committed_steps(tmp_path)[-1:]
 
-    wider = launcher(*MLP, f"--workdir={tmp_path}", "--config.model.hidden_sizes=(48,)")
+    wider = launcher(*MLP, f"--workdir={tmp_path}", "--config.model.kwargs.hidden_sizes=(48,)")
     assert wider.returncode == 2, wider.stderr[-3000:]
     assert "Traceback" not in wider.stderr
     lines = [line for line in wider.stderr.splitlines() if line.startswith("launcher:")]
@@ -33,7 +33,7 @@ def test_checkpoint_of_a_different_model_exits_2_with_one_line(tmp_path):
     assert committed_steps(tmp_path)[-1] == step
 
     verbose = launcher(
-        *MLP, f"--workdir={tmp_path}", "--config.model.hidden_sizes=(48,)", "--verbosity=1"
+        *MLP, f"--workdir={tmp_path}", "--config.model.kwargs.hidden_sizes=(48,)", "--verbosity=1"
     )
     assert verbose.returncode == 2, verbose.stderr[-3000:]
     assert "Traceback" in verbose.stderr and "CheckpointMismatchError" in verbose.stderr
@@ -51,7 +51,7 @@ def test_every_process_exits_2_promptly(tmp_path):
         1,
         "--config=configs/mlp.py:tiny",
         f"--workdir={workdir}",
-        "--config.model.hidden_sizes=(48,)",
+        "--config.model.kwargs.hidden_sizes=(48,)",
         log_dir=tmp_path,
     )
     with reaped(procs):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from absl import flags
 
 from configs import lm, mlp
 from trainer import data
@@ -60,7 +61,7 @@ def test_lm_records_are_next_byte_pairs():
     config = lm.get_config("tiny")
     splits = data.load_splits(config.data)
     x, y = splits.train[3]
-    assert x.shape == y.shape == (config.data.seq_len,)
+    assert x.shape == y.shape == (config.data.kwargs.seq_len,)
     np.testing.assert_array_equal(x[1:], y[:-1])
     assert len(splits.validation) > 0
 
@@ -78,3 +79,62 @@ def test_digits_split_and_validation_batches_repeat():
         data.validation_dataset(
             splits.validation, global_batch_size=16, shard=DataShard(0, 2), num_steps=999
         )
+
+
+def _position(**changes):
+    config = mlp.get_config("tiny")
+    for key, value in changes.items():
+        if key.startswith("kwargs."):
+            config.data.kwargs[key[7:]] = value
+        else:
+            config.data[key] = value
+    return data.position(config.data, data.load_splits(config.data))
+
+
+def test_resume_continues_at_the_saved_batch_when_the_data_is_unchanged():
+    saved = {**_position(), "step": 12}
+    assert data.resume_step(saved, _position(), step=12, allow_change=False) == 12
+    # Older checkpoints stored only the seed and batch size, and no step.
+    old = {"seed": 0, "global_batch_size": 16}
+    assert data.resume_step(old, _position(), step=6, allow_change=False) == 6
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"seed": 5}, "data.seed"),
+        ({"global_batch_size": 32}, "data.global_batch_size"),
+        ({"kwargs.validation_fraction": 0.2}, "data.kwargs"),
+    ],
+)
+def test_resume_with_changed_data_is_refused_unless_allowed(change, field):
+    saved = {**_position(), "step": 6}
+    current = _position(**change)
+    with pytest.raises(data.ConfigError) as info:
+        data.resume_step(saved, current, step=6, allow_change=False)
+    message = str(info.value)
+    assert info.value.field == field and "\n" not in message
+    assert "allow_data_change" in message and f"Received: {field}=" in message
+    assert data.resume_step(saved, current, step=6, allow_change=True) == 6
+
+
+def test_resume_with_other_records_is_refused():
+    saved = {**_position(), "train": {"length": 7, "files": ""}, "step": 6}
+    with pytest.raises(data.ConfigError) as info:
+        data.resume_step(saved, _position(), step=6, allow_change=False)
+    assert info.value.field == "data" and "training records differ" in str(info.value)
+
+
+def _batches(ds):
+    return [np.asarray(b).tolist() for b in ds]
+
+
+@pytest.mark.parametrize(
+    "reading", [data.Reading(1, 1, 0), data.Reading(16, 500, 0), data.Reading(2, 8, 2)]
+)
+def test_read_ahead_settings_keep_the_batches(reading):
+    flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (the launcher parses them).
+    records, shard = _Indices(), DataShard(1, 2)
+    common = dict(seed=4, global_batch_size=8, shard=shard, start_step=5, num_steps=9)
+    plain = _batches(data.train_dataset(records, **common))
+    assert _batches(data.train_dataset(records, **common, reading=reading)) == plain
