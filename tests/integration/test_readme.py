@@ -196,7 +196,7 @@ def test_readme_loading_snippet(run):
     assert_same_state(out, run["ref"])
     predictions = np.load(out)["predictions"]
     config = lm.get_config(PRESET)
-    assert predictions.shape == (2, config.data.seq_len, config.model.vocab_size)
+    assert predictions.shape == (2, config.data.kwargs.seq_len, config.model.kwargs.vocab_size)
     assert np.isfinite(predictions).all()
 
 
