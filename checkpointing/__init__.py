@@ -20,6 +20,7 @@ the Keras backend before keras is imported.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
@@ -43,6 +44,13 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+
+# Keras on JAX only (as trainer/ does): a fresh shell that imports this package
+# first gets the JAX backend; another one asked for is refused.
+if os.environ.setdefault("KERAS_BACKEND", "jax") != "jax":
+    raise ImportError(
+        f"checkpointing needs KERAS_BACKEND=jax. Received: KERAS_BACKEND={os.environ['KERAS_BACKEND']}"
+    )
 
 if TYPE_CHECKING:  # For type checkers and IDEs; at run time, see __getattr__.
     from checkpointing.callback import OrbaxCheckpoint  # noqa: F401

@@ -53,8 +53,8 @@ def substituted(code: str, names: dict[str, str]) -> str:
 
 
 def shell_env() -> dict:
-    """A shell's environment: one CPU device (no JAX_NUM_CPU_DEVICES from the test process)."""
-    return {k: v for k, v in env().items() if k != "JAX_NUM_CPU_DEVICES"}
+    """A newcomer's shell: one CPU device, no Keras backend chosen (only the repository on the path)."""
+    return {k: v for k, v in env().items() if k not in ("JAX_NUM_CPU_DEVICES", "KERAS_BACKEND")}
 
 
 def python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -164,7 +164,8 @@ def test_readme_shell_commands(run):
 def check_exported(keras_file: Path, run) -> None:
     """The .keras file: needs the custom class registered (README), then equals the step."""
     load = f"import keras\nmodel = keras.saving.load_model({str(keras_file)!r})\n"
-    alone = python(load)
+    # Keras alone (on JAX, chosen by hand: nothing of podfit imported).
+    alone = python("import os\nos.environ['KERAS_BACKEND'] = 'jax'\n" + load)
     assert alone.returncode != 0
     assert "Could not locate class 'PositionEmbedding'" in alone.stderr, alone.stderr[-3000:]
     out = run["root"] / "exported.npz"
@@ -205,6 +206,6 @@ def test_stock_keras_load_model_fails_on_the_multiprocess_step_as_the_readme_say
     quoted = "sharding passed to deserialization should be specified"
     assert quoted in readme
     directory = run["workdir"] / "checkpoints"
-    done = python(f"import keras, trainer.models\nkeras.saving.load_model({str(directory)!r})")
+    done = python(f"import trainer.models, keras\nkeras.saving.load_model({str(directory)!r})")
     assert done.returncode != 0
     assert quoted in done.stderr, done.stderr[-3000:]
