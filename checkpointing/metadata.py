@@ -217,11 +217,13 @@ def flatten_with_paths(tree: Mapping[str, Any], prefix: str = "") -> dict[str, A
     return flat
 
 
-def scalar_logs(logs: Mapping[str, Any] | None) -> dict[str, float]:
-    """The finite scalar entries of Keras `logs`, as Python floats.
+def scalar_logs(logs: Mapping[str, Any] | None, *, finite: bool = True) -> dict[str, float]:
+    """The scalar entries of Keras `logs`, as Python floats.
 
     Non-numeric entries (and arrays of more than one element) are not
-    metrics and are left out, so are NaN and infinities.
+    metrics and are left out; so are NaN and infinities unless `finite` is
+    False (a metrics log shows a diverging loss; a retention policy must not
+    rank by it).
     """
     out = {}
     for key, value in (logs or {}).items():
@@ -229,6 +231,6 @@ def scalar_logs(logs: Mapping[str, Any] | None) -> dict[str, float]:
             number = float(value)
         except (TypeError, ValueError):
             continue
-        if math.isfinite(number):
+        if not finite or math.isfinite(number):
             out[key] = number
     return out

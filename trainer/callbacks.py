@@ -9,11 +9,8 @@ import keras
 from absl import logging
 from etils import epath
 
+from checkpointing.metadata import scalar_logs
 from trainer.records import JsonLines
-
-
-def _floats(logs) -> dict:
-    return {k: float(v) for k, v in (logs or {}).items()}
 
 
 class MetricsLogger(keras.callbacks.Callback):
@@ -81,7 +78,7 @@ class MetricsLogger(keras.callbacks.Callback):
             self._ended.add(batch)
             if not (batch + 1) % self._log_every:
                 step = (self._epoch_start + batch + 1) // self._accumulation
-                self._pending[batch] = {"step": step, **_floats(logs)}
+                self._pending[batch] = {"step": step, **scalar_logs(logs, finite=False)}
             while self._next in self._ended:  # Every batch up to here has ended.
                 self._ended.discard(self._next)
                 record = self._pending.pop(self._next, None)
@@ -109,13 +106,13 @@ class MetricsLogger(keras.callbacks.Callback):
             # Keras has waited for every batch end of the epoch: all passed.
             self._epoch_start += self._next - (self._stride - 1)
             step = self._epoch_start // self._accumulation
-            record = {"epoch": epoch + 1, "step": step, **_floats(logs)}
+            record = {"epoch": epoch + 1, "step": step, **scalar_logs(logs, finite=False)}
             self._write(record)
         self._sink.flush()  # A remote file is rewritten here at least.
         logging.info(
             "epoch %d done: %s",
             epoch + 1,
-            " ".join(f"{k}={v:.4f}" for k, v in _floats(logs).items()),
+            " ".join(f"{k}={v:.4f}" for k, v in scalar_logs(logs, finite=False).items()),
         )
 
 
