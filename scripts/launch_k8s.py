@@ -38,6 +38,7 @@ from __future__ import annotations
 import re
 import sys
 
+import launch_flags  # scripts/, beside this file
 import yaml
 from absl import app, flags
 
@@ -47,7 +48,6 @@ _CONTAINER = "podfit"
 _REPLICATED_JOB = "workers"
 _INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 _LABEL = "podfit.job"
-_EXIT_USAGE = 2
 # A DNS-1035 label: what Service names and pod hostnames must be.
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _MAX_LABEL = 63
@@ -82,28 +82,10 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the YAML; write nothing.")
 
 
 def _usage_error(message: str) -> None:
-    """Prints one line to stderr and exits 2, the documented bad-usage code."""
-    sys.stderr.write(f"launch_k8s: {message}\n")
-    sys.exit(_EXIT_USAGE)
+    launch_flags.usage_error("launch_k8s", message)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """Parses our flags before `--`; returns [program, *launcher flags]."""
-    if "--" in argv[1:]:
-        split = argv.index("--", 1)
-        ours, passthrough = argv[:split], argv[split + 1 :]
-    else:
-        ours, passthrough = argv, []
-    try:
-        leftover = flags.FLAGS(ours)
-    except flags.Error as e:
-        _usage_error(str(e).replace("\n", " "))
-    if len(leftover) > 1:
-        _usage_error(
-            "launcher flags go after '--', e.g. launch_k8s.py --name=lm ... -- "
-            f"--config=configs/lm.py. Received: {leftover[1:]}"
-        )
-    return [argv[0], *passthrough]
+_parse_flags = launch_flags.parser("launch_k8s", "launch_k8s.py --name=lm ... --")
 
 
 def _pod_hostname(name: str, kind: str, index: int) -> str:

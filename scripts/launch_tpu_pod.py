@@ -30,6 +30,7 @@ import tarfile
 import tempfile
 from collections.abc import Sequence
 
+import launch_flags  # scripts/, beside this file
 from absl import app, flags
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,28 +68,10 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the gcloud commands; run n
 
 
 def _usage_error(message: str) -> None:
-    """Prints one line to stderr and exits 2, the documented bad-usage code."""
-    sys.stderr.write(f"launch_tpu_pod: {message}\n")
-    sys.exit(2)
+    launch_flags.usage_error("launch_tpu_pod", message)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """Parses our flags before `--`; returns [program, *launcher flags]."""
-    if "--" in argv[1:]:
-        split = argv.index("--", 1)
-        ours, passthrough = argv[:split], argv[split + 1 :]
-    else:
-        ours, passthrough = argv, []
-    try:
-        leftover = flags.FLAGS(ours)
-    except flags.Error as e:
-        _usage_error(str(e).replace("\n", " "))
-    if len(leftover) > 1:
-        _usage_error(
-            "launcher flags go after '--', e.g. launch_tpu_pod.py --tpu=T --zone=Z -- "
-            f"--config=configs/lm.py. Received: {leftover[1:]}"
-        )
-    return [argv[0], *passthrough]
+_parse_flags = launch_flags.parser("launch_tpu_pod", "launch_tpu_pod.py --tpu=T --zone=Z --")
 
 
 def _validate() -> None:

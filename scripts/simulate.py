@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+import launch_flags  # scripts/, beside this file
 import portpicker
 from absl import app, flags
 
@@ -58,28 +59,10 @@ _GRACE_S = flags.DEFINE_float(
 
 
 def _usage_error(message: str) -> None:
-    """Prints one line to stderr and exits 2, the documented bad-usage code."""
-    sys.stderr.write(f"simulate: {message}\n")
-    sys.exit(2)
+    launch_flags.usage_error("simulate", message)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """Parses our flags before `--`; returns [program, *launcher flags]."""
-    if "--" in argv[1:]:
-        split = argv.index("--", 1)
-        ours, passthrough = argv[:split], argv[split + 1 :]
-    else:
-        ours, passthrough = argv, []
-    try:
-        leftover = flags.FLAGS(ours)
-    except flags.Error as e:
-        _usage_error(str(e).replace("\n", " "))
-    if len(leftover) > 1:
-        _usage_error(
-            "launcher flags go after '--', e.g. simulate.py --num_processes=2 -- "
-            f"--config=configs/lm.py. Received: {leftover[1:]}"
-        )
-    return [argv[0], *passthrough]
+_parse_flags = launch_flags.parser("simulate", "simulate.py --num_processes=2 --")
 
 
 def _validate(passthrough: Sequence[str]) -> None:
