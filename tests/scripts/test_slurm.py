@@ -23,7 +23,8 @@ pytestmark = pytest.mark.multiprocess
 SBATCH = REPO / "scripts" / "slurm" / "podfit.sbatch"
 ARGS = (
     "--config=configs/lm.py:tiny",
-    "--config.trainer.steps_per_epoch=60",
+    # Long enough (about 15-30 s) that the TERM lands mid-run on a loaded machine too.
+    "--config.trainer.steps_per_epoch=160",
     "--config.trainer.epochs=1",
     "--config.trainer.log_every=1",
     "--config.checkpoint.save_freq=4",
@@ -101,7 +102,7 @@ def test_scancel_term_commits_exits_75_requeues_and_resumes_bitwise(cluster, ref
     }
     assert len(stopped) == 1, stopped  # Both processes agreed on one step.
     (step,) = stopped
-    assert first <= step < 60, (first, step)  # Signalled after the first commit, before the end.
+    assert first <= step < 160, (first, step)  # Signalled after the first commit, before the end.
     assert step in committed_steps(workdir), (step, committed_steps(workdir))
     done = finals(workdir)
     assert [d["start_step"] for d in done] == [step, step]  # The restart resumed there.
