@@ -66,10 +66,10 @@ def log(message: str) -> None:
 def lm_config(param_millions: float, batch_size: int, seq_len: int):
     """configs/lm.py, as wide as gives about `param_millions` parameters."""
     config = lm.get_config()
-    per_width2 = 12 * config.model.num_layers  # Attention 4 d^2 and MLP 8 d^2 per layer.
+    per_width2 = 12 * config.model.kwargs.num_layers  # Attention 4 d^2 and MLP 8 d^2 per layer.
     width = 64 * max(1, round((param_millions * 1e6 / per_width2) ** 0.5 / 64))
-    config.model.embed_dim, config.model.mlp_dim = width, 4 * width
-    config.data.global_batch_size, config.data.seq_len = batch_size, seq_len
+    config.model.kwargs.embed_dim, config.model.kwargs.mlp_dim = width, 4 * width
+    config.data.global_batch_size, config.data.kwargs.seq_len = batch_size, seq_len
     config.mesh.shape = (-1, min(MODEL_AXIS.value, jax.device_count()))
     return config
 

@@ -47,9 +47,9 @@ def describe(config, model) -> str:
     state = sum(v.value.nbytes for v in [*model.variables, *model.optimizer.variables])
     mesh = dict(model.trainable_variables[0].value.sharding.mesh.shape)
     return (
-        f"LM {config.model.num_layers} x {config.model.embed_dim}, {params / 1e6:.1f}M params "
+        f"LM {config.model.kwargs.num_layers} x {config.model.kwargs.embed_dim}, {params / 1e6:.1f}M params "
         f"({state / 2**20:.0f} MiB with AdamW), batch {config.data.global_batch_size} x "
-        f"{config.data.seq_len} tokens, mesh {mesh}"
+        f"{config.data.kwargs.seq_len} tokens, mesh {mesh}"
     )
 
 
