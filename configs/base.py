@@ -40,6 +40,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # One entry may be -1: "all the devices that are left".
     config.mesh.shape = (-1, 1)
     config.mesh.axis_names = ("data", "model")
+    # Multi-slice TPU: slices along each axis, e.g. (2, 1) = 2 slices along
+    # `data`. mesh.shape is then one slice's mesh, and the global mesh is their
+    # product per axis (mesh_utils.create_hybrid_device_mesh). () = one slice.
+    config.mesh.dcn_shape = ()
     # Ordered (regex over the variable path, partition spec) pairs; the first
     # rule whose regex matches (re.search) a variable's path gives its layout.
     # Variables no rule matches are replicated.

@@ -131,8 +131,23 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
     return shape
 
 
+def _check_dcn_shape(dcn: tuple, shape: tuple[int, ...]) -> None:
+    if dcn and (
+        len(dcn) != len(shape) or any(isinstance(d, bool) or not isinstance(d, int) for d in dcn)
+    ):
+        raise ConfigError(
+            "mesh.dcn_shape",
+            f"expected () or {len(shape)} ints, one per mesh.shape entry (slices along each axis).",
+            dcn,
+        )
+    if any(d < 1 for d in dcn):
+        raise ConfigError("mesh.dcn_shape", "slice counts must be >= 1.", dcn)
+
+
 def _check_mesh(mesh: dict, num_devices: int | None) -> tuple[int, ...] | None:
+    """Returns the global mesh shape: mesh.shape (one slice) times mesh.dcn_shape."""
     shape, names = tuple(mesh["shape"]), tuple(mesh["axis_names"])
+    dcn = tuple(mesh["dcn_shape"])
     if not shape or any(isinstance(d, bool) or not isinstance(d, int) for d in shape):
         raise ConfigError("mesh.shape", "expected a tuple of ints.", shape)
     if any(d == 0 or d < -1 for d in shape) or shape.count(-1) > 1:
@@ -167,7 +182,18 @@ def _check_mesh(mesh: dict, num_devices: int | None) -> tuple[int, ...] | None:
                     raise ConfigError(
                         field, f"names mesh axis {axis!r}, not in mesh.axis_names {names}.", rule
                     )
-    return resolve_mesh_shape(shape, num_devices) if num_devices is not None else None
+    _check_dcn_shape(dcn, shape)
+    if num_devices is None:
+        return None
+    if not dcn:
+        return resolve_mesh_shape(shape, num_devices)
+    slices = math.prod(dcn)
+    if num_devices % slices:
+        raise ConfigError(
+            "mesh.dcn_shape", f"{slices} slices do not divide {num_devices} devices.", dcn
+        )
+    per_slice = resolve_mesh_shape(shape, num_devices // slices)
+    return tuple(s * d for s, d in zip(per_slice, dcn, strict=True))
 
 
 def _check_values(cfg: dict, mesh_shape: tuple[int, ...] | None, num_processes: int | None) -> None:

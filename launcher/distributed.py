@@ -3,11 +3,17 @@
 Local multi-process simulation gives --coordinator_address, --num_processes,
 --process_id and --num_cpu_devices (scripts/simulate.py sets them). With none
 of them, Cloud TPU pods and clusters JAX knows are detected; otherwise one
-process runs alone.
+process runs alone. --local_device_ids (or JAX_LOCAL_DEVICE_IDS) restricts a
+process to some of its host's GPUs: one process per GPU.
+
+A coordinator address on loopback (localhost, 127.x, ::1) binds the
+coordination service to loopback too; JAX's default binds every interface.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import time
 from dataclasses import dataclass
 
@@ -31,6 +37,12 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
 _NUM_CPU_DEVICES = flags.DEFINE_integer(
     "num_cpu_devices", None, "Simulate this many CPU devices per process."
 )
+_LOCAL_DEVICE_IDS = flags.DEFINE_string(
+    "local_device_ids",
+    None,
+    "Comma-separated ids of this host's GPUs this process uses, e.g. 0 or 0,1 "
+    "(default: JAX_LOCAL_DEVICE_IDS, else all of them, or what the cluster says).",
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,8 @@ class DistributedFlags:
     heartbeat_timeout_s: int = 60
     # How long to wait for every process to join at start-up.
     init_timeout_s: int = 300
+    # --local_device_ids (else JAX_LOCAL_DEVICE_IDS) as given; see `device_ids()`.
+    local_device_ids: str | None = None
 
     @classmethod
     def from_flags(cls) -> DistributedFlags:
@@ -54,7 +68,20 @@ class DistributedFlags:
             _NUM_CPU_DEVICES.value,
             _HEARTBEAT_TIMEOUT.value,
             _INIT_TIMEOUT.value,
+            local_device_ids_text(_LOCAL_DEVICE_IDS.value),
         )
+
+    def device_ids(self) -> tuple[int, ...] | None:
+        """--local_device_ids as ints (None: not given); raises UsageError if malformed."""
+        if self.local_device_ids is None:
+            return None
+        parts = [p.strip() for p in self.local_device_ids.split(",")]
+        if not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+            raise UsageError(
+                "--local_device_ids (or JAX_LOCAL_DEVICE_IDS) expects distinct comma-separated device ids >= 0, e.g. 0,1. "
+                f"Received: local_device_ids={self.local_device_ids!r}"
+            )
+        return tuple(int(p) for p in parts)
 
     def check(self) -> None:
         """Raises UsageError for inconsistent flags, naming the received values."""
@@ -78,6 +105,42 @@ class DistributedFlags:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be >= 1. Received: {name}={value}")
+        self.device_ids()
+
+
+def local_device_ids_text(flag_value: str | None) -> str | None:
+    """--local_device_ids, else JAX_LOCAL_DEVICE_IDS (JAX reads it only inside initialize)."""
+    if flag_value is not None:
+        return flag_value
+    return os.environ.get("JAX_LOCAL_DEVICE_IDS") or None
+
+
+def loopback_bind_address(coordinator_address: str | None) -> str | None:
+    """Where the coordination service should listen: loopback for a loopback address.
+
+    Returns None (JAX's default, every interface) for any other address, and
+    when JAX_COORDINATOR_BIND_ADDRESS already says where.
+    """
+    if not coordinator_address or os.environ.get("JAX_COORDINATOR_BIND_ADDRESS"):
+        return None
+    host, _, port = coordinator_address.rpartition(":")
+    host = host.strip("[]")
+    if host == "localhost":
+        return f"127.0.0.1:{port}"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None  # A host name: the cluster's network, so every interface.
+    if not ip.is_loopback:
+        return None
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _restrict_local_devices(ids: tuple[int, ...]) -> None:
+    """What jax.distributed.initialize does with local_device_ids, for a process alone."""
+    visible = ",".join(map(str, ids))
+    jax.config.update("jax_cuda_visible_devices", visible)
+    jax.config.update("jax_rocm_visible_devices", visible)
 
 
 def _cluster_detected() -> bool:
@@ -105,26 +168,36 @@ def initialize(flags: DistributedFlags) -> None:
         # Bounds the wait for dead peers at exit too.
         shutdown_timeout_seconds=flags.heartbeat_timeout_s,
     )
-    if flags.coordinator_address is not None:
-        if flags.num_processes > 1:
-            join_with_deadline(
-                flags.init_timeout_s,
-                coordinator_address=flags.coordinator_address,
-                num_processes=flags.num_processes,
-                process_id=flags.process_id,
-                **timeouts,
-            )
-    elif _cluster_detected():
-        # Cloud TPU pods and clusters JAX knows.
+    ids = flags.device_ids()
+    if ids is not None:
+        timeouts["local_device_ids"] = list(ids)
+    if flags.coordinator_address is not None and flags.num_processes > 1:
+        bind = loopback_bind_address(flags.coordinator_address)
+        if bind is not None:
+            timeouts["coordinator_bind_address"] = bind
+            logging.info("coordination service on loopback only: %s", bind)
+        join_with_deadline(
+            flags.init_timeout_s,
+            coordinator_address=flags.coordinator_address,
+            num_processes=flags.num_processes,
+            process_id=flags.process_id,
+            **timeouts,
+        )
+    elif flags.coordinator_address is None and _cluster_detected():
+        # Cloud TPU pods and clusters JAX knows; explicit local_device_ids win
+        # over the one-GPU-per-task default JAX derives from SLURM or Open MPI.
         join_with_deadline(flags.init_timeout_s, **timeouts)
+    elif ids is not None:
+        _restrict_local_devices(ids)
 
 
-def topology_line() -> str:
-    """One line describing this process' view of the job."""
+def topology_line(local_device_ids: tuple[int, ...] | None = None) -> str:
+    """One line describing this process' view of the job (and the GPUs it was given)."""
     local = jax.local_devices()
+    restricted = "" if local_device_ids is None else f", local device ids {local_device_ids}"
     return (
         f"process {jax.process_index()}/{jax.process_count()}: {len(local)} local of "
-        f"{jax.device_count()} {local[0].platform} devices ({local[0].device_kind})"
+        f"{jax.device_count()} {local[0].platform} devices ({local[0].device_kind}){restricted}"
     )
 
 

@@ -3,8 +3,8 @@
   python -m launcher.main --config=configs/lm.py --workdir=DIR [--config.x=v ...]
 
 The distributed flags (--coordinator_address, --num_processes, --process_id,
---num_cpu_devices, timeouts) are in launcher/distributed.py. Exit codes: 0
-done, 2 bad flags or config, or a workdir holding another model's checkpoint
+--num_cpu_devices, --local_device_ids, timeouts) are in launcher/distributed.py.
+Exit codes: 0 done, 2 bad flags or config, or a workdir holding another model's checkpoint
 (one line on stderr), 75 preempted (SIGTERM, also while joining: relaunch to
 resume), anything else a failure (see the process' log).
 """
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
 
     log_path = logs.setup(jax.process_index(), workdir.log_dir(_WORKDIR.value, _LOGDIR.value))
     usage.check_on_devices(config, dist.heartbeat_timeout_s)
-    logging.info("%s; log file %s", distributed.topology_line(), log_path)
+    logging.info("%s; log file %s", distributed.topology_line(dist.device_ids()), log_path)
     from trainer.train import train  # noqa: PLC0415  (imports Keras with the JAX backend)
 
     outcome.run(lambda: train(config, run_dir))

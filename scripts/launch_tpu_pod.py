@@ -5,6 +5,16 @@ Usage:
       [--project=my-project] [--copy_repo] [--install] [--remote_dir=podfit] \\
       [--dry_run] -- --config=configs/lm.py --workdir=gs://my-bucket/runs/lm
 
+Multi-slice (several TPU VMs of the same type, joined over the data-center
+network): name them all, `--tpu=slice-a,slice-b`, and give the config a
+`mesh.dcn_shape` whose product is the number of slices. Each step then runs
+once per slice; the launch runs one ssh per slice at the same time, each with
+the multislice environment: MEGASCALE_COORDINATOR_ADDRESS (worker 0 of the
+first slice, from `gcloud compute tpus tpu-vm describe`, or
+--megascale_coordinator), MEGASCALE_NUM_SLICES, MEGASCALE_SLICE_ID and
+MEGASCALE_PORT (--megascale_port). JAX derives the global process ids from
+them.
+
 Steps, in order, each on all workers (`--worker=all`):
   --copy_repo  pack this checkout's tracked files (`git ls-files`) into a
                tarball, `gcloud compute tpus tpu-vm scp` it to every worker and
@@ -16,7 +26,8 @@ Everything after `--` is passed to the launcher untouched. No
 --coordinator_address/--num_processes/--process_id are added: on Cloud TPU,
 jax.distributed.initialize() detects them itself. The first step that exits
 non-zero stops the sequence, and its exit code becomes ours. --dry_run prints
-the commands, one per line, and runs nothing.
+the commands, one per line, and runs nothing. With several slices, the
+launch's exit code is the first failing slice's (in --tpu order).
 """
 
 from __future__ import annotations
@@ -52,7 +63,9 @@ _REMOTE_TARBALL = "podfit.tar.gz"
 # Shown instead of the local tarball's path in --dry_run, where none is made.
 _DRY_RUN_TARBALL = "<local tarball>"
 
-_TPU = flags.DEFINE_string("tpu", None, "Name of the Cloud TPU VM (pod slice).")
+_TPU = flags.DEFINE_string(
+    "tpu", None, "Name of the Cloud TPU VM (pod slice); several, comma-separated, for multi-slice."
+)
 _ZONE = flags.DEFINE_string("zone", None, "Zone of the TPU, e.g. us-central2-b.")
 _PROJECT = flags.DEFINE_string("project", None, "Google Cloud project; gcloud's default if unset.")
 _COPY_REPO = flags.DEFINE_bool(
@@ -65,6 +78,16 @@ _REMOTE_DIR = flags.DEFINE_string(
     "remote_dir", "podfit", "Repository directory on the workers, relative to the home directory."
 )
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the gcloud commands; run nothing.")
+_MEGASCALE_COORDINATOR = flags.DEFINE_string(
+    "megascale_coordinator",
+    None,
+    "Multi-slice: address of worker 0 of the first slice (default: asked of gcloud).",
+)
+_MEGASCALE_PORT = flags.DEFINE_integer(
+    "megascale_port", 8080, "Multi-slice: the port the slices' runtimes talk on."
+)
+# Shown in --dry_run instead of the address `describe` would give.
+_DRY_RUN_COORDINATOR = "<worker 0 of {tpu}>"
 
 
 def _usage_error(message: str) -> None:
@@ -74,9 +97,21 @@ def _usage_error(message: str) -> None:
 _parse_flags = launch_flags.parser("launch_tpu_pod", "launch_tpu_pod.py --tpu=T --zone=Z --")
 
 
+def _tpus() -> list[str]:
+    return [name.strip() for name in (_TPU.value or "").split(",")]
+
+
 def _validate() -> None:
-    if not _TPU.value:
-        _usage_error(f"--tpu must name the Cloud TPU VM. Received: {_TPU.value!r}")
+    tpus = _tpus()
+    if not all(tpus) or len(set(tpus)) != len(tpus):
+        _usage_error(
+            f"--tpu must name the Cloud TPU VM, or distinct VMs (slices) separated by commas. "
+            f"Received: {_TPU.value!r}"
+        )
+    if not 0 < _MEGASCALE_PORT.value < 65536:
+        _usage_error(f"--megascale_port must be a port number. Received: {_MEGASCALE_PORT.value}")
+    if _MEGASCALE_COORDINATOR.value == "":
+        _usage_error("--megascale_coordinator must be a host, or left unset. Received: ''")
     if not _ZONE.value:
         _usage_error(
             f"--zone must name the TPU's zone, e.g. us-central2-b. Received: {_ZONE.value!r}"
@@ -105,6 +140,13 @@ class _Gcloud:
             *self._location,
             "--worker=all",
             f"--command={command}",
+        ]
+
+    def describe_worker0_ip(self) -> list[str]:
+        return [
+            *("gcloud", "compute", "tpus", "tpu-vm", "describe", self._tpu),
+            *self._location,
+            "--format=value(networkEndpoints[0].ipAddress)",
         ]
 
     def scp(self, local_path: str, remote_path: str) -> list[str]:
@@ -154,19 +196,61 @@ def _write_tarball(files: Sequence[str]) -> str:
     return path
 
 
-def _commands(gcloud: _Gcloud, tarball: str, passthrough: Sequence[str]) -> list[list[str]]:
+def _multislice_env(slice_id: int, num_slices: int, coordinator: str) -> str:
+    """The environment one slice's workers need to join the others (empty for one slice)."""
+    if num_slices == 1:
+        return ""
+    port = _MEGASCALE_PORT.value
+    return (
+        f"MEGASCALE_COORDINATOR_ADDRESS={shlex.quote(f'{coordinator}:{port}')} "
+        f"MEGASCALE_NUM_SLICES={num_slices} MEGASCALE_SLICE_ID={slice_id} "
+        f"MEGASCALE_PORT={port} "
+    )
+
+
+def _commands(
+    slices: Sequence[_Gcloud], tarball: str, passthrough: Sequence[str], coordinator: str
+) -> tuple[list[list[str]], list[list[str]]]:
+    """Returns the set-up steps (run one after the other) and the launches (run together)."""
     remote_dir = shlex.quote(_REMOTE_DIR.value)
-    commands = []
-    if _COPY_REPO.value:
-        commands.append(gcloud.scp(tarball, _REMOTE_TARBALL))
-        commands.append(
-            gcloud.ssh(f"mkdir -p {remote_dir} && tar -xzf {_REMOTE_TARBALL} -C {remote_dir}")
-        )
-    if _INSTALL.value:
-        commands.append(gcloud.ssh(f"cd {remote_dir} && python3 -m pip install -q -e '.[tpu]'"))
+    setup = []
+    for gcloud in slices:
+        if _COPY_REPO.value:
+            setup.append(gcloud.scp(tarball, _REMOTE_TARBALL))
+            setup.append(
+                gcloud.ssh(f"mkdir -p {remote_dir} && tar -xzf {_REMOTE_TARBALL} -C {remote_dir}")
+            )
+        if _INSTALL.value:
+            setup.append(gcloud.ssh(f"cd {remote_dir} && python3 -m pip install -q -e '.[tpu]'"))
     launch = " ".join(["python3", "-m", "launcher.main", *map(shlex.quote, passthrough)])
-    commands.append(gcloud.ssh(f"cd {remote_dir} && {launch}"))
-    return commands
+    launches = [
+        gcloud.ssh(f"cd {remote_dir} && {_multislice_env(i, len(slices), coordinator)}{launch}")
+        for i, gcloud in enumerate(slices)
+    ]
+    return setup, launches
+
+
+def _coordinator(first: _Gcloud, tpu: str, num_slices: int) -> str:
+    """Worker 0 of the first slice, for MEGASCALE_COORDINATOR_ADDRESS ("" for one slice)."""
+    if num_slices == 1:
+        return ""
+    if _MEGASCALE_COORDINATOR.value:
+        return _MEGASCALE_COORDINATOR.value
+    if _DRY_RUN.value:
+        print(
+            f"launch_tpu_pod: would run: {shlex.join(first.describe_worker0_ip())}", file=sys.stderr
+        )
+        return _DRY_RUN_COORDINATOR.format(tpu=tpu)
+    command = first.describe_worker0_ip()
+    print(f"launch_tpu_pod: running: {shlex.join(command)}", flush=True)
+    found = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+    address = found.stdout.strip()
+    if found.returncode != 0 or not address:
+        _usage_error(
+            f"could not find worker 0's address of {tpu}; pass --megascale_coordinator. "
+            f"Received: exit {found.returncode}, output {address!r}, {found.stderr.strip()!r}"
+        )
+    return address
 
 
 def _exit_code(returncode: int) -> int:
@@ -174,30 +258,49 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _run(commands: Sequence[Sequence[str]]) -> int:
-    for step, command in enumerate(commands, start=1):
+def _run(setup: Sequence[Sequence[str]], launches: Sequence[Sequence[str]]) -> int:
+    total = len(setup) + len(launches)
+    for step, command in enumerate(setup, start=1):
         print(f"launch_tpu_pod: running: {shlex.join(command)}", flush=True)
         returncode = subprocess.run(command, check=False).returncode
         if returncode != 0:
             print(
-                f"launch_tpu_pod: step {step} of {len(commands)} exited "
+                f"launch_tpu_pod: step {step} of {total} exited "
                 f"{_exit_code(returncode)}; the remaining steps were not run",
                 file=sys.stderr,
                 flush=True,
             )
             return _exit_code(returncode)
-    return 0
+    # Every slice must be launched before any can start: they join one job.
+    procs = []
+    try:
+        for command in launches:
+            print(f"launch_tpu_pod: running: {shlex.join(command)}", flush=True)
+            procs.append(subprocess.Popen(command))
+        codes = [_exit_code(proc.wait()) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+    failed = [(i, code) for i, code in enumerate(codes) if code != 0]
+    for i, code in failed:
+        print(f"launch_tpu_pod: slice {i} exited {code}", file=sys.stderr, flush=True)
+    return failed[0][1] if failed else 0
 
 
 def main(argv: list[str]) -> int:
     passthrough = argv[1:]
     _validate()
-    gcloud = _Gcloud(_TPU.value, _ZONE.value, _PROJECT.value)
+    tpus = _tpus()
+    slices = [_Gcloud(tpu, _ZONE.value, _PROJECT.value) for tpu in tpus]
     files, source = _repo_files() if _COPY_REPO.value else ([], "")
+    coordinator = _coordinator(slices[0], tpus[0], len(slices))
     if _DRY_RUN.value:
         if _COPY_REPO.value:
             print(f"launch_tpu_pod: would pack {len(files)} files ({source})", file=sys.stderr)
-        for command in _commands(gcloud, _DRY_RUN_TARBALL, passthrough):
+        setup, launches = _commands(slices, _DRY_RUN_TARBALL, passthrough, coordinator)
+        for command in [*setup, *launches]:
             print(shlex.join(command))
         return 0
     tarball = None
@@ -205,7 +308,7 @@ def main(argv: list[str]) -> int:
         if _COPY_REPO.value:
             tarball = _write_tarball(files)
             print(f"launch_tpu_pod: packed {len(files)} files ({source}) into {tarball}")
-        return _run(_commands(gcloud, tarball or "", passthrough))
+        return _run(*_commands(slices, tarball or "", passthrough, coordinator))
     except KeyboardInterrupt:
         print("launch_tpu_pod: interrupted", file=sys.stderr)
         return 130

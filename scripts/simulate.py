@@ -2,6 +2,8 @@
 
 Each process gets its own CPU devices, and the processes find each other
 through a coordinator on a free localhost port, exactly as hosts of a pod do.
+The address is a loopback one, so the launcher binds the coordination service
+to 127.0.0.1 only: nothing of a simulation is reachable from other machines.
 
 Usage:
   python scripts/simulate.py --num_processes=2 --devices_per_process=4 -- \\

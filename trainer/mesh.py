@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import jax
 import keras
 import numpy as np
+from jax.experimental import mesh_utils
 
 from configs.validation import BATCH_AXIS
 
@@ -49,16 +50,34 @@ class DataShard:
     count: int
 
 
-def device_array(mesh_shape: Sequence[int], axis_names: Sequence[str]) -> np.ndarray:
+def device_array(
+    mesh_shape: Sequence[int],
+    axis_names: Sequence[str],
+    dcn_shape: Sequence[int] = (),
+    devices: Sequence | None = None,
+) -> np.ndarray:
     """All global devices laid out as the mesh, in a topology-aware order.
 
     `jax.make_mesh` (mesh_utils.create_device_mesh underneath) puts devices
     that talk the most next to each other on TPU and GPU topologies, where
-    flat `jax.devices()` order does not. The same array must give both the
-    distribution and `process_grid`, so that each process feeds the rows its
-    devices hold.
+    flat `jax.devices()` order does not. With `dcn_shape` (multi-slice TPU),
+    `mesh_utils.create_hybrid_device_mesh` lays each slice out that way and
+    the slices (devices' `slice_index`) along the axes `dcn_shape` names.
+    The same array must give both the distribution and `process_grid`, so
+    that each process feeds the rows its devices hold.
+
+    Args:
+      mesh_shape: The global mesh's shape (validate()'s result: per-slice
+        shape times `dcn_shape` per axis).
+      axis_names: Its axis names.
+      dcn_shape: Slices along each axis; () for one slice.
+      devices: The devices to lay out (default `jax.devices()`).
     """
-    return jax.make_mesh(tuple(mesh_shape), tuple(axis_names), devices=jax.devices()).devices
+    devices = jax.devices() if devices is None else list(devices)
+    if not tuple(dcn_shape):
+        return jax.make_mesh(tuple(mesh_shape), tuple(axis_names), devices=devices).devices
+    per_slice = [m // d for m, d in zip(mesh_shape, dcn_shape, strict=True)]
+    return mesh_utils.create_hybrid_device_mesh(per_slice, tuple(dcn_shape), devices)
 
 
 def build_distribution(
@@ -73,7 +92,7 @@ def build_distribution(
       mesh_shape: The mesh's shape.
       axis_names: Its axis names; the batch axis is `data`.
       layout_rules: (regex, spec) pairs, the first match wins.
-      devices: `device_array(mesh_shape, axis_names)` (the default).
+      devices: `device_array(mesh_shape, axis_names)` (the default: one slice).
     """
     if devices is None:
         devices = device_array(mesh_shape, axis_names)

@@ -157,7 +157,7 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
         config, num_devices=jax.device_count(), num_processes=process_count
     )
     # One device array for the mesh and for the rows each process feeds.
-    devices = mesh.device_array(mesh_shape, config.mesh.axis_names)
+    devices = mesh.device_array(mesh_shape, config.mesh.axis_names, config.mesh.dcn_shape)
     distribution = mesh.build_distribution(
         mesh_shape, config.mesh.axis_names, config.mesh.layout_rules, devices
     )

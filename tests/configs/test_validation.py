@@ -159,3 +159,29 @@ def test_save_freq():
     _expect(c, "checkpoint.save_freq", "'sometimes'")
     c.checkpoint.save_freq = "0"
     _expect(c, "checkpoint.save_freq", "0")
+
+
+def test_dcn_shape_multiplies_the_slice_mesh():
+    c = _lm()
+    c.mesh.shape, c.mesh.dcn_shape = (-1, 2), (2, 1)
+    # 2 slices of 8 devices: each slice (4, 2), globally (8, 2).
+    assert validate(c, num_devices=16) == (8, 2)
+    c.mesh.shape, c.mesh.dcn_shape = (4, 1), (1, 2)
+    assert validate(c, num_devices=8) == (4, 2)
+    c.mesh.dcn_shape = ()
+    assert validate(c, num_devices=4) == (4, 1)
+
+
+@pytest.mark.parametrize(
+    "dcn, devices, received",
+    [
+        ((2,), 16, "(2,)"),  # One entry per mesh axis.
+        ((2, 0), 16, "(2, 0)"),
+        ((2, "1"), 16, "(2, '1')"),
+        ((3, 1), 16, "(3, 1)"),  # 3 slices do not divide 16 devices.
+    ],
+)
+def test_bad_dcn_shape(dcn, devices, received):
+    c = _lm()
+    c.mesh.shape, c.mesh.dcn_shape = (-1, 2), dcn
+    _expect(c, "mesh.dcn_shape", received, num_devices=devices)

@@ -58,6 +58,11 @@ def test_inconsistent_distributed_flags(tmp_path):
     _one_line_exit_2(r, "process_id", "5")
 
 
+def test_bad_local_device_ids(tmp_path):
+    r = launcher(LM, f"--workdir={tmp_path}", "--local_device_ids=0,gpu1")
+    _one_line_exit_2(r, "--local_device_ids", "Received: local_device_ids='0,gpu1'")
+
+
 def test_workdir_that_cannot_be_written(tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")

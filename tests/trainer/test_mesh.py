@@ -1,5 +1,7 @@
 """Layout rules -> LayoutMap, distributions, and which rows each process feeds."""
 
+import dataclasses
+
 import jax
 import keras
 import numpy as np
@@ -91,3 +93,64 @@ def test_data_shard_follows_the_mesh_device_array_not_jax_devices_order():
     devices = np.asarray([_Device(p) for p in (0, 1) * 4]).reshape(4, 2)
     shards = [mesh.data_shard(mesh.process_grid(devices), ("data", "model"), p) for p in (0, 1)]
     assert [(s.index, s.count) for s in shards] == [(0, 1), (0, 1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _TpuDevice:
+    """What mesh_utils reads of a TPU device (jax.Device cannot be built by hand)."""
+
+    id: int
+    process_index: int
+    slice_index: int
+    coords: tuple[int, int, int]
+    core_on_chip: int = 0
+    platform: str = "tpu"
+    device_kind: str = "TPU v4"
+
+
+def _two_slices(hosts_per_slice: int = 2) -> list[_TpuDevice]:
+    """2 slices x 4 chips (2x2x1), the hosts of a slice owning rows y; listed in reverse."""
+    devices = []
+    for s in range(2):
+        for i, (x, y) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1)]):
+            host = s * hosts_per_slice + i * hosts_per_slice // 4
+            devices.append(_TpuDevice(4 * s + i, host, s, (x, y, 0)))
+    return devices[::-1]
+
+
+def test_dcn_shape_puts_slices_along_the_data_axis():
+    names = ("data", "model")
+    devices = mesh.device_array((4, 2), names, (2, 1), devices=_two_slices())
+    assert devices.shape == (4, 2)
+    slices = np.vectorize(lambda d: d.slice_index)(devices)
+    np.testing.assert_array_equal(slices, [[0, 0], [0, 0], [1, 1], [1, 1]])
+    # Within a slice, the (2, 2) mesh follows the chips' coordinates.
+    assert [d.coords[:2] for d in devices[:2].flat] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    # Each host holds one data row; each slice's hosts feed their own rows.
+    grid = mesh.process_grid(devices)
+    shards = [mesh.data_shard(grid, names, p) for p in range(4)]
+    assert [(s.index, s.count) for s in shards] == [(0, 4), (1, 4), (2, 4), (3, 4)]
+
+
+def test_dcn_shape_along_the_model_axis_makes_data_rows_span_slices():
+    names = ("data", "model")
+    devices = mesh.device_array((4, 2), names, (1, 2), devices=_two_slices(hosts_per_slice=1))
+    slices = np.vectorize(lambda d: d.slice_index)(devices)
+    np.testing.assert_array_equal(slices, [[0, 1]] * 4)
+    # One host per slice: every data row spans both, so both feed the whole batch.
+    grid = mesh.process_grid(devices)
+    np.testing.assert_array_equal(grid, [[0, 1]] * 4)
+    shards = [mesh.data_shard(grid, names, p) for p in (0, 1)]
+    assert [(s.index, s.count) for s in shards] == [(0, 1), (0, 1)]
+
+
+def test_dcn_shape_that_does_not_match_the_slices_is_refused():
+    with pytest.raises(ValueError, match="Number of slices 2"):
+        mesh.device_array((8, 1), ("data", "model"), (4, 1), devices=_two_slices())
+
+
+def test_no_dcn_shape_is_the_one_slice_mesh():
+    names = ("data", "model")
+    expected = jax.make_mesh((4, 2), names, devices=jax.devices()).devices
+    got = mesh.device_array((4, 2), names, ())
+    assert [d.id for d in got.flat] == [d.id for d in expected.flat]
