@@ -1,9 +1,8 @@
 """Restore: podfit's `checkpointing.restore` against Keras' `model.load_weights`, same step.
 
-A fit with podfit's callback and one with Keras' background OrbaxCheckpoint each commit
-step 2, the only step in their directories. Every round, in an order that rotates, each
-reader loads that step into the model on the mesh it was written from ("same mesh") and
-into the model built on another mesh shape ("other mesh": every array is resharded):
+A fit with podfit's callback and one with Keras' background OrbaxCheckpoint each commit step 2,
+the only step in their directories. Every round, in a rotating order, each reader loads it into
+the model on its own mesh ("same mesh") and on another ("other mesh": every array resharded):
 
   podfit_restore  checkpointing.restore(podfit_dir, model, 2)  (checks the manifest first)
   keras           model.load_weights(podfit_dir): Keras' reader of the same step

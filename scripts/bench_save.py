@@ -112,14 +112,12 @@ def run_fit(model, dist, x, y, batch_size: int, make, save_every: int, directory
     if callback:
         stop.set()
         watcher.join()
-        steps = range(save_every, len(x) // batch_size + 1, save_every)
-        blocked, durable = [], []
-        last = len(x) // batch_size
-        for step in steps:  # The save of `step` runs in the hooks after batch `step - 1`.
-            end = calls[("on_train_batch_end", step - 1)]
-            # The next batch's start, or for the last batch the epoch's end.
+        last, blocked, durable = len(x) // batch_size, [], []
+        steps = range(save_every, last + 1, save_every)
+        for step in steps:  # The save of `step` runs in the hooks after batch `step - 1`:
+            end = calls[("on_train_batch_end", step - 1)]  # and the next batch's start, or
             after = ("on_epoch_end", 0) if step == last else ("on_train_batch_begin", step)
-            begin = calls.get(after, (0, 0, False))
+            begin = calls.get(after, (0, 0, False))  # for the last batch the epoch's end.
             blocked.append(sum(b - a for a, b, main in (end, begin) if main))
             durable.append(seen[step] - end[0])
         fit.update(saves=len(steps), blocked_s=blocked, durable_s=durable)
