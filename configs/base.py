@@ -46,8 +46,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.mesh.dcn_shape = ()
     # Ordered (regex over the variable path, partition spec) pairs; the first
     # rule whose regex matches (re.search) a variable's path gives its layout.
-    # Variables no rule matches are replicated.
+    # Variables no rule matches are replicated. The entry "auto" (alone:
+    # ("auto",); with rules: ("auto", (regex, spec), ...)) adds fully sharded
+    # data parallelism: every variable of at least `auto_min_size` elements,
+    # and its optimizer slots, is also sharded over `data` along its largest
+    # dimension that `data` divides and no rule shards (rules naming `model`
+    # keep their dimensions).
     config.mesh.layout_rules = ()
+    config.mesh.auto_min_size = 2**14
 
     # `name`: a built-in (BUILTIN_DATA) or "package.module:function" returning
     # (train, validation) random-access sources; called with `kwargs`.

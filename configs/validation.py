@@ -18,6 +18,8 @@ from checkpointing.options import CheckpointOptions, OptionError
 from configs import base
 
 BATCH_AXIS = "data"
+# The mesh.layout_rules entry (or whole value) for fully sharded data parallelism.
+AUTO = "auto"
 SECTIONS = ("mesh", "data", "model", "optimizer", "trainer", "checkpoint")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -81,6 +83,8 @@ def _check_types(cfg: dict) -> None:
         if section == "checkpoint":
             continue  # Checked by CheckpointOptions (checkpoint_options).
         for key, default in schema[section].items():
+            if (section, key) == ("mesh", "layout_rules") and cfg[section][key] == AUTO:
+                continue  # The one string layout_rules takes.
             _same_type(f"{section}.{key}", cfg[section][key], default)
 
     for section, builtins in (("data", base.BUILTIN_DATA), ("model", base.BUILTIN_MODELS)):
@@ -162,8 +166,15 @@ def _check_mesh(mesh: dict, num_devices: int | None) -> tuple[int, ...] | None:
         raise ConfigError("mesh.axis_names", "expected non-empty strings.", names)
     if BATCH_AXIS not in names:
         raise ConfigError("mesh.axis_names", f"must include the batch axis {BATCH_AXIS!r}.", names)
-    for i, rule in enumerate(mesh["layout_rules"]):
+    rules = mesh["layout_rules"]
+    for i, rule in enumerate((rules,) if isinstance(rules, str) else rules):
         field = f"mesh.layout_rules[{i}]"
+        if isinstance(rule, str):
+            if rule != AUTO:
+                raise ConfigError(
+                    field, f"expected a (regex, partition spec) pair or {AUTO!r}.", rule
+                )
+            continue
         if not isinstance(rule, tuple | list) or len(rule) != 2 or not isinstance(rule[0], str):
             raise ConfigError(field, "expected a (regex, partition spec) pair.", rule)
         try:
@@ -182,6 +193,8 @@ def _check_mesh(mesh: dict, num_devices: int | None) -> tuple[int, ...] | None:
                     raise ConfigError(
                         field, f"names mesh axis {axis!r}, not in mesh.axis_names {names}.", rule
                     )
+    if mesh["auto_min_size"] < 0:
+        raise ConfigError("mesh.auto_min_size", "must be >= 0 (elements).", mesh["auto_min_size"])
     _check_dcn_shape(dcn, shape)
     if num_devices is None:
         return None

@@ -1,11 +1,13 @@
 """Mesh and layouts from the config -> a keras.distribution.
 
 DataParallel when the mesh has only the batch axis, ModelParallel with an
-ordered LayoutMap otherwise.
+ordered LayoutMap otherwise; with "auto" among the layout rules,
+`AutoShardParallel` (fully sharded data parallelism on top of the rules).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ import keras
 import numpy as np
 from jax.experimental import mesh_utils
 
-from configs.validation import BATCH_AXIS
+from configs.validation import AUTO, BATCH_AXIS
 
 
 class OrderedLayoutMap(keras.distribution.LayoutMap):
@@ -36,6 +38,55 @@ class OrderedLayoutMap(keras.distribution.LayoutMap):
             if pattern.search(key):
                 return self._layout_map[pattern.pattern]
         return None
+
+
+def auto_axes(shape: Sequence[int], axes: Sequence, data_size: int, min_size: int) -> tuple:
+    """`axes` plus the batch axis on the largest free dimension it divides.
+
+    Variables under `min_size` elements, already sharded over the batch axis,
+    or with no free dimension divisible by `data_size` keep `axes`.
+    """
+    axes = tuple(axes) if axes else (None,) * len(shape)
+    used = {a for entry in axes for a in (entry if isinstance(entry, tuple | list) else (entry,))}
+    if data_size <= 1 or math.prod(shape) < min_size or BATCH_AXIS in used:
+        return axes
+    free = [d for d, n in enumerate(shape) if axes[d] is None and n % data_size == 0]
+    if not free:
+        return axes
+    dim = max(free, key=lambda d: shape[d])  # The first of equal sizes.
+    return axes[:dim] + (BATCH_AXIS,) + axes[dim + 1 :]
+
+
+class AutoShardParallel(keras.distribution.ModelParallel):
+    """ModelParallel that also shards every large variable over the batch axis.
+
+    Fully sharded data parallelism for any model: a LayoutMap lookup gets
+    only the variable's path, so this hook (`get_variable_layout`, called
+    when each variable is created, with its shape) adds the batch axis to the
+    explicit rules' layout (`auto_axes`). Optimizer slots are created with
+    their variable's layout (`add_variable_from_reference`), so they are
+    sharded alike. Activations keep the rules' layouts (`get_tensor_layout`).
+    """
+
+    def __init__(self, layout_map, min_size: int, **kwargs):
+        super().__init__(layout_map=layout_map, batch_dim_name=BATCH_AXIS, **kwargs)
+        self._min_size = int(min_size)
+        self._data_size = self.device_mesh.shape[self.device_mesh.axis_names.index(BATCH_AXIS)]
+
+    def get_variable_layout(self, variable):
+        if getattr(variable, "_layout", None) is not None:
+            return variable._layout  # Given at creation: optimizer slots.
+        layout = super().get_variable_layout(variable)
+        axes = auto_axes(variable.shape, layout.axes, self._data_size, self._min_size)
+        return keras.distribution.TensorLayout(axes, self.device_mesh)
+
+
+def split_rules(layout_rules) -> tuple[bool, tuple]:
+    """(whether "auto" is among `layout_rules`, the explicit (regex, spec) rules)."""
+    if isinstance(layout_rules, str):
+        layout_rules = (layout_rules,)
+    rules = tuple(r for r in layout_rules if not (isinstance(r, str) and r == AUTO))
+    return len(rules) != len(tuple(layout_rules)), rules
 
 
 @dataclass(frozen=True)
@@ -83,23 +134,31 @@ def device_array(
 def build_distribution(
     mesh_shape: Sequence[int],
     axis_names: Sequence[str],
-    layout_rules: Sequence[tuple[str, tuple]],
+    layout_rules: Sequence[tuple[str, tuple] | str] | str,
     devices: np.ndarray | None = None,
+    auto_min_size: int = 2**14,
 ) -> keras.distribution.Distribution:
     """Returns the keras.distribution for the mesh over all global devices.
 
     Args:
       mesh_shape: The mesh's shape.
       axis_names: Its axis names; the batch axis is `data`.
-      layout_rules: (regex, spec) pairs, the first match wins.
+      layout_rules: (regex, spec) pairs, the first match wins; the entry
+        "auto" (or `layout_rules="auto"`) adds fully sharded data parallelism
+        (`AutoShardParallel`).
       devices: `device_array(mesh_shape, axis_names)` (the default: one slice).
+      auto_min_size: With "auto", variables of fewer elements stay as the
+        rules lay them out.
     """
     if devices is None:
         devices = device_array(mesh_shape, axis_names)
     mesh = keras.distribution.DeviceMesh(tuple(mesh_shape), list(axis_names), devices)
+    auto, rules = split_rules(layout_rules)
+    layout_map = OrderedLayoutMap(mesh, rules)
+    if auto:
+        return AutoShardParallel(layout_map, auto_min_size, auto_shard_dataset=False)
     if tuple(axis_names) == (BATCH_AXIS,):
         return keras.distribution.DataParallel(device_mesh=mesh, auto_shard_dataset=False)
-    layout_map = OrderedLayoutMap(mesh, layout_rules)
     return keras.distribution.ModelParallel(
         layout_map=layout_map, batch_dim_name=BATCH_AXIS, auto_shard_dataset=False
     )

@@ -159,7 +159,11 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
     # One device array for the mesh and for the rows each process feeds.
     devices = mesh.device_array(mesh_shape, config.mesh.axis_names, config.mesh.dcn_shape)
     distribution = mesh.build_distribution(
-        mesh_shape, config.mesh.axis_names, config.mesh.layout_rules, devices
+        mesh_shape,
+        config.mesh.axis_names,
+        config.mesh.layout_rules,
+        devices,
+        auto_min_size=config.mesh.auto_min_size,
     )
     shard = mesh.data_shard(mesh.process_grid(devices), config.mesh.axis_names, process_index)
     splits = data.load_splits(config.data)
