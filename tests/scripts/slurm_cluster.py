@@ -150,10 +150,27 @@ class Cluster:
         )
 
 
+def _default_signals() -> None:
+    """In the daemon's child, before exec: no signal blocked or ignored.
+
+    The daemons (and through slurmd, the job's tasks) inherit the signal mask
+    and ignored signals of the test process, which earlier tests in the same
+    process may have changed (a blocked SIGTERM never reaches the tasks).
+    """
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(number, signal.SIG_DFL)
+
+
 def _start(command: list[str], log: Path, env: dict) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_default_signals,
         )
 
 
