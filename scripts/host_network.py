@@ -25,7 +25,12 @@ Each namespace also gets `/etc/netns/<namespace>/hosts`, which
 resolves to the host's own address, as on a real host. gloo (JAX's CPU
 collectives, `make_gloo_tcp_collectives` with no interface or hostname
 given) binds to and announces the address its hostname resolves to; with
-the machine's `/etc/hosts` that would be 127.0.0.1, which no peer can reach.
+the machine's `/etc/hosts` that would be 127.0.0.1, which no peer can reach
+(tried: gloo's `failed to connect ... remote=[127.0.0.1]:...: Connection
+refused`, then the run fails). JAX passes neither `hostname` nor
+`interface` to it, and `GLOO_SOCKET_IFNAME` is PyTorch's: jaxlib does not
+read it. On real hosts the hostname must resolve to an address the peers can
+reach, too.
 
 `close()` removes everything `open()` made, whatever state it reached; it is
 safe to call twice. `leftovers(prefix)` lists what a killed owner left.

@@ -136,6 +136,9 @@ def main(argv: list[str]) -> int:
         )
         return simulation.run()
     finally:
+        # A second signal must not cut the removal short.
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
         network.close()
         sys.stdout.write(f"{_PROGRAM}: removed namespaces {', '.join(network.hosts)}\n")
         sys.stdout.flush()
