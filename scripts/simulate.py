@@ -116,7 +116,13 @@ class _Simulation:
         launcher_module: str,
         passthrough: Sequence[str],
         grace_s: float,
+        coordinator_host: str = "localhost",
+        stop_on_failure: bool = True,
     ):
+        self._coordinator_host = coordinator_host
+        # False: wait for every process to exit by itself after a failure
+        # (to observe what peers do when one host is lost).
+        self._stop_on_failure = stop_on_failure
         self._num_processes = num_processes
         self._devices_per_process = devices_per_process
         self._launcher_module = launcher_module
@@ -146,19 +152,23 @@ class _Simulation:
                 # The launcher tags its own log lines; tag only the rest.
                 self._write(line + "\n" if line.startswith(prefix) else f"{prefix}{line}\n")
 
+    def _command(self, index: int, port: int) -> list[str]:
+        """The command line of process `index`; subclasses may wrap it."""
+        return [
+            sys.executable,
+            "-m",
+            self._launcher_module,
+            f"--coordinator_address={self._coordinator_host}:{port}",
+            f"--num_processes={self._num_processes}",
+            f"--process_id={index}",
+            f"--num_cpu_devices={self._devices_per_process}",
+            *self._passthrough,
+        ]
+
     def _start(self, port: int) -> None:
         env = _child_env()
         for index in range(self._num_processes):
-            command = [
-                sys.executable,
-                "-m",
-                self._launcher_module,
-                f"--coordinator_address=localhost:{port}",
-                f"--num_processes={self._num_processes}",
-                f"--process_id={index}",
-                f"--num_cpu_devices={self._devices_per_process}",
-                *self._passthrough,
-            ]
+            command = self._command(index, port)
             # A session of its own: a terminal's Ctrl-C reaches only this
             # script, which forwards it, so shutdown follows one path.
             proc = subprocess.Popen(
@@ -228,7 +238,7 @@ class _Simulation:
             port = portpicker.pick_unused_port()
             self._write(
                 f"simulate: starting {self._num_processes} processes x "
-                f"{self._devices_per_process} CPU devices, coordinator localhost:{port}, "
+                f"{self._devices_per_process} CPU devices, coordinator {self._coordinator_host}:{port}, "
                 f"module {self._launcher_module}\n"
             )
             self._start(port)
@@ -236,7 +246,9 @@ class _Simulation:
             while not self._signals:
                 self._poll()
                 failure = next(((i, rc) for i, rc in self._exits if rc != 0), None)
-                if failure is not None or len(self._exits) == len(self._procs):
+                if len(self._exits) == len(self._procs):
+                    break
+                if failure is not None and self._stop_on_failure:
                     break
                 time.sleep(_POLL_INTERVAL_S)
             if failure is None and self._signals:
