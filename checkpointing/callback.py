@@ -281,24 +281,25 @@ class OrbaxCheckpoint(MonitorCallback):
         self.checkpointer.close()
 
     def _new_checkpointer(self) -> ocp.training.Checkpointer:
-        return ocp.training.Checkpointer(
-            self.directory,
-            context=layout.orbax_context(
-                barrier_timeout_s=self.options.barrier_timeout_s,
-                barrier_prefix=f"{layout.BARRIER_PREFIX}{self._instance}",
-            ),
-            preservation_policy=retention.preservation_policy(
-                max_to_keep=self.options.max_to_keep,
-                keep_best=self.options.keep_best,
-                keep_period=self.options.keep_period,
-                monitor=self.monitor,
-                minimize=self.monitor_op is not keras.ops.greater,
-            ),
-            save_decision_policy=ocp.training.save_decision_policies.FixedIntervalPolicy(1),
-            # Uncommitted `<step>.orbax-checkpoint-tmp*` directories left by a
-            # crash or a failed write: process 0 deletes them before its
-            # first save (never listed or restored in the meantime).
-            cleanup_tmp_directories=True,
+        return layout.no_preemption_queries(
+            ocp.training.Checkpointer(
+                self.directory,
+                context=layout.orbax_context(
+                    barrier_timeout_s=self.options.barrier_timeout_s,
+                    barrier_prefix=f"{layout.BARRIER_PREFIX}{self._instance}",
+                ),
+                preservation_policy=retention.preservation_policy(
+                    max_to_keep=self.options.max_to_keep,
+                    keep_best=self.options.keep_best,
+                    keep_period=self.options.keep_period,
+                    monitor=self.monitor,
+                    minimize=self.monitor_op is not keras.ops.greater,
+                ),
+                save_decision_policy=ocp.training.save_decision_policies.FixedIntervalPolicy(1),
+                # Uncommitted `<step>.orbax-checkpoint-tmp*` directories (a crash, a failed
+                # write): process 0 deletes them before its first save (never listed).
+                cleanup_tmp_directories=True,
+            )
         )
 
     def wait_until_finished(self) -> None:

@@ -100,6 +100,22 @@ def orbax_context(
     return context
 
 
+def no_preemption_queries(checkpointer: ocp.training.Checkpointer) -> ocp.training.Checkpointer:
+    """Stops `checkpointer` from asking JAX's preemption sync point; returns it.
+
+    Orbax's manager asks `reached_preemption_sync_point(step)` with each
+    checkpoint's step, from its own threads, at every save. JAX's sync
+    manager expects one caller counting steps upward (the training loop);
+    a second one reporting other numbers can make the agreed step one the
+    training loop has already passed, and then no process ever stops (seen
+    with a SIGTERM during a save). The training loop decides preemption saves.
+    """
+    manager = getattr(checkpointer, "_manager", None)  # Orbax's CheckpointManager.
+    if manager is not None and hasattr(manager, "reached_preemption"):
+        manager.reached_preemption = lambda step: False
+    return checkpointer
+
+
 def root(directory: epath.PathLike) -> str:
     """`directory` as Orbax needs it: absolute for local paths, URLs (gs://) as given."""
     text = os.fspath(directory)
