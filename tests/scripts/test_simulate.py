@@ -59,6 +59,7 @@ FAKE_LAUNCHER = textwrap.dedent(
         time.sleep(600)
     if mode == "killed":
         if index == 0:
+            wait_for("pid_1")  # Process 1 is up (the test checks it is gone after).
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(600)
     if mode == "term":
