@@ -275,6 +275,7 @@ class OrbaxCheckpoint(MonitorCallback):
         if not self.options.save_best_only:
             self._save(logs, final=True)
         self._writer.wait()
+        self._coordinator.raise_if_peer_failed()  # Not a barrier a failed peer may never reach.
         step = self._last_saved_step if self._last_saved_step is not None else -1
         self._coordinator.barrier(f"train_end_{self._instance}_{self._runs}", step)
         self._coordinator.raise_if_peer_failed()
@@ -296,8 +297,7 @@ class OrbaxCheckpoint(MonitorCallback):
                     minimize=self.monitor_op is not keras.ops.greater,
                 ),
                 save_decision_policy=ocp.training.save_decision_policies.FixedIntervalPolicy(1),
-                # Uncommitted `<step>.orbax-checkpoint-tmp*` directories (a crash, a failed
-                # write): process 0 deletes them before its first save (never listed).
+                # Left by a crash: process 0 deletes them before its first save.
                 cleanup_tmp_directories=True,
             )
         )
@@ -306,8 +306,6 @@ class OrbaxCheckpoint(MonitorCallback):
         """Blocks until the write in flight is durable; raises its failure."""
         if self._writer is not None:
             self._writer.wait()
-
-    # -- saving --------------------------------------------------------------
 
     def _resolve_monitor_op(self) -> None:
         if self.monitor_op is not None:
@@ -331,6 +329,7 @@ class OrbaxCheckpoint(MonitorCallback):
 
     def _save(self, logs: Mapping[str, Any] | None, final: bool = False) -> None:
         self._writer.wait()  # Queue depth 1; raises earlier failures everywhere.
+        self._coordinator.raise_if_peer_failed()  # Also a peer's failure this process missed.
         model = self.model  # Syncs the JAX state into the variables.
         step = int(model.optimizer.iterations)
         if step == self._last_saved_step:

@@ -37,7 +37,7 @@ class PreemptionWatch(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.stopped_at: int | None = None
-        self._step = 0
+        self._step: int | None = None
         self._signalled = threading.Event()
         self._multi = jax.process_count() > 1
         if not self._multi and threading.current_thread() is threading.main_thread():
@@ -49,8 +49,12 @@ class PreemptionWatch(keras.callbacks.Callback):
         self._signalled.set()
 
     def on_train_begin(self, logs=None):
-        # Read once; counted on the host afterwards (no device sync per step).
-        self._step = int(self.model.optimizer.iterations)
+        # Read once per run, then counted on the host (no device sync per
+        # step), never reset: JAX's sync manager needs a number that rises by
+        # one per call on every process alike, also across `fit` calls and
+        # with steps_per_execution (one call per execution) or accumulation.
+        if self._step is None:
+            self._step = int(self.model.optimizer.iterations)
 
     def on_test_begin(self, logs=None):
         # Validation inside `fit`: a SIGTERM now is acted on at the next
