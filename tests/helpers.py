@@ -11,6 +11,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The tiny LM of the kill/relaunch tests: 24 steps, a committed step every 4, all kept.
+LM = (
+    "--config=configs/lm.py:tiny",
+    "--config.trainer.steps_per_epoch=8",
+    "--config.trainer.epochs=3",
+    "--config.trainer.log_every=1",
+    "--config.checkpoint.save_freq=4",
+    "--config.checkpoint.max_to_keep=10",
+)
+
 
 def env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "KERAS_BACKEND": "jax"}

@@ -18,20 +18,12 @@ import pytest
 from etils import epath
 
 from tests.gcs_emulator import BUCKET, gcs  # noqa: F401  (the fixture)
-from tests.helpers import REPO, env, finals, launcher_pids, simulate
+from tests.helpers import LM, REPO, env, finals, launcher_pids, simulate
 
 pytestmark = pytest.mark.multiprocess
 
 WORKDIR = f"gs://{BUCKET}/run"
 CHECKPOINTS = f"{WORKDIR}/checkpoints"
-LM = (
-    "--config=configs/lm.py:tiny",
-    "--config.trainer.steps_per_epoch=8",
-    "--config.trainer.epochs=3",
-    "--config.trainer.log_every=1",
-    "--config.checkpoint.save_freq=4",
-    "--config.checkpoint.max_to_keep=10",
-)
 
 
 def _committed() -> list[int]:

@@ -17,18 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, committed_steps, env, finals, launcher_pids, metrics, simulate
+from tests.helpers import LM, REPO, committed_steps, env, finals, launcher_pids, metrics, simulate
 
 pytestmark = pytest.mark.multiprocess
-
-LM = (
-    "--config=configs/lm.py:tiny",
-    "--config.trainer.steps_per_epoch=8",
-    "--config.trainer.epochs=3",
-    "--config.trainer.log_every=1",
-    "--config.checkpoint.save_freq=4",
-    "--config.checkpoint.max_to_keep=10",
-)
 
 
 @pytest.fixture(scope="module")

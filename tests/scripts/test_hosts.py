@@ -27,19 +27,11 @@ import time
 
 import pytest
 
-from tests.helpers import REPO, committed_steps, env, finals, simulate, wait_for_text
+from tests.helpers import LM, REPO, committed_steps, env, finals, simulate, wait_for_text
 
 sys.path.insert(0, str(REPO / "scripts"))
 import host_network  # noqa: E402 - scripts/ is not a package.
 
-LM = (
-    "--config=configs/lm.py:tiny",
-    "--config.trainer.steps_per_epoch=8",
-    "--config.trainer.epochs=3",
-    "--config.trainer.log_every=1",
-    "--config.checkpoint.save_freq=4",
-    "--config.checkpoint.max_to_keep=10",
-)
 HEARTBEAT_S = 10
 # Beyond the heartbeat timeout: noticing it, aborting, and a loaded machine.
 MARGIN_S = 50
