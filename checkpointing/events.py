@@ -1,0 +1,57 @@
+"""What the checkpointing library reports while it works, for whoever listens.
+
+A listener is a callable `listener(kind, fields)`; `fields` is a dict of
+plain values (ints, floats, strings) that always holds `time` (seconds since
+the epoch, `time.time()`); a listener knows its own process. Listeners are called synchronously in
+the emitting thread, which may be the training thread or the background
+writer, so they must be quick and thread-safe; an exception raised by one
+propagates to the emitter (errors are never swallowed).
+
+Kinds emitted by this package (each with the fields listed):
+
+- `save_begun`: step.
+- `save_blocked`: step, ms (time the training thread waited for this save:
+  snapshot and hand-off).
+- `save_committed`: step, write_s (from the save's start to its commit on
+  every process), bytes (the bytes this process wrote).
+- `restore`: step, seconds (the read into the model, including the verdict).
+
+Other packages (the trainer, the launcher) emit their own kinds through
+the same `emit`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+_lock = threading.Lock()
+_listeners: list[Listener] = []
+
+
+def subscribe(listener: Listener) -> Callable[[], None]:
+    """Adds `listener`; returns a function that removes it again."""
+    with _lock:
+        _listeners.append(listener)
+
+    def unsubscribe() -> None:
+        with _lock:
+            if listener in _listeners:
+                _listeners.remove(listener)
+
+    return unsubscribe
+
+
+def emit(kind: str, **fields: Any) -> None:
+    """Calls every listener with `kind` and `fields` (plus `time`)."""
+    with _lock:
+        listeners = list(_listeners)
+    if not listeners:
+        return
+    record = {"time": time.time(), **fields}
+    for listener in listeners:
+        listener(kind, record)
