@@ -169,24 +169,25 @@ class OrbaxCheckpoint(MonitorCallback):
         )
         self.checkpointer = self._new_checkpointer()
         # Committed steps by this package's definition (a step-named directory
-        # without Orbax's step metadata is not one).
-        committed = layout.committed_steps(self.directory)
+        # without Orbax's step metadata is not one), as process 0 lists them:
+        # a process that skipped a save another one makes would hang the save.
+        committed = coordinator.committed_steps(self.directory)
         latest = committed[-1] if committed else None
-        self._last_saved_step = None if latest is None else latest.step
+        self._last_saved_step = latest
         self._global_step = int(model.optimizer.iterations)
         # With gradient accumulation the optimizer updates once per k batches:
         # `iterations` counts updates (the step names), `_iterations` batches.
         self._accumulation = int(getattr(model.optimizer, "gradient_accumulation_steps", 0) or 1)
         self._batches = int(getattr(model.optimizer, "_iterations", model.optimizer.iterations))
-        if latest is not None and latest.step > self._global_step:
+        if latest is not None and latest > self._global_step:
             warnings.warn(
-                f"{self.directory} holds step {latest.step}, later than this model's "
+                f"{self.directory} holds step {latest}, later than this model's "
                 f"step {self._global_step}: restore it first (checkpointing.restore_latest) "
                 "or use another directory.",
                 stacklevel=2,
             )
         if latest is not None:
-            record = layout.read_record(latest.path)
+            record = layout.read_record(layout.step_dir(self.directory, latest))
             stored = None if record is None else record.callback_state.get("best")
             if stored is not None and record.callback_state.get("monitor") == self.monitor:
                 self.best = stored  # Resume: the run's best so far wins.

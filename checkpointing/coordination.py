@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 import threading
 import time
 
@@ -19,6 +20,7 @@ from absl import flags, logging
 from jax._src import distributed
 from orbax.checkpoint import multihost as ocp_multihost
 
+from checkpointing import layout
 from checkpointing.layout import BARRIER_PREFIX
 
 # Orbax's own switch from device-collective barriers to coordination-service
@@ -188,6 +190,32 @@ class Coordinator:
         if _client().key_value_increment(f"{prefix}/read", 1) == self.process_count - 1:
             _client().key_value_delete(f"{prefix}/")
         return shared
+
+    def committed_steps(self, directory) -> list[int]:
+        """Process 0's listing of the committed steps of `directory`, on every process.
+
+        One listing (process 0's) and one share: processes never act on
+        listings that differ (a file system that caches directory entries
+        per host, such as NFS, can show a step to one host and not yet to
+        another). Shared even when the listing fails, so that no process
+        waits for it; the failure is raised on every process.
+
+        Raises:
+            OSError: If process 0 could not list `directory` (or its error).
+        """
+        listed, failure = [], None
+        if self.process_index == 0:
+            try:
+                listed = [found.step for found in layout.committed_steps(directory)]
+            except Exception as e:  # noqa: BLE001 - raised below, once shared.
+                failure = e
+        shared = self.share("committed_steps", 0, json.dumps(repr(failure) if failure else listed))
+        if failure is not None:
+            raise failure
+        steps = json.loads(shared)
+        if isinstance(steps, str):
+            raise OSError(f"process 0 could not list the steps of {directory}: {steps}")
+        return steps
 
     def gather(self, name: str, step: int, value: str) -> list[str]:
         """Every process' `value`, in process order, on process 0 (others get []).

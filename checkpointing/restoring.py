@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -200,7 +199,7 @@ def restore_latest(
             aside (on every process).
     """
     coordinator = Coordinator.create(str(directory), next_instance(), 0, timeout_s)
-    steps = _listed_by_process_0(directory, coordinator)
+    steps = coordinator.committed_steps(directory)
     latest = steps[-1] if steps else None
     read, error = None, None
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="podfit-verify") as pool:
@@ -252,24 +251,6 @@ def _move_aside(
     outcome = coordinator.share("moved_aside", chosen, outcome)
     if outcome:
         raise OSError(f"could not move damaged step(s) {damaged} of {directory} aside: {outcome}")
-
-
-def _listed_by_process_0(directory: epath.PathLike, coordinator: Coordinator) -> list[int]:
-    """Process 0's committed steps, on every process (shared even if listing fails)."""
-    listed, failure = [], None
-    if coordinator.process_index == 0:
-        try:
-            listed = [found.step for found in layout.committed_steps(directory)]
-        except Exception as e:  # noqa: BLE001 - raised below, once shared.
-            failure = e
-    # Shared even when the listing failed, so that no process waits for it.
-    shared = coordinator.share("restore_steps", 0, json.dumps(repr(failure) if failure else listed))
-    if failure is not None:
-        raise failure
-    steps = json.loads(shared)
-    if isinstance(steps, str):
-        raise OSError(f"process 0 could not list the steps of {directory}: {steps}")
-    return steps
 
 
 def _choose(
