@@ -231,9 +231,13 @@ class OrbaxCheckpoint(MonitorCallback):
             if due and not self._ended.wait_for(
                 lambda: batch in self._batch_logs, self.options.barrier_timeout_s
             ):
+                # Keras stops a batch end at the first callback that raises
+                # (on its thread pool) and raises that error one batch later.
                 raise TimeoutError(
                     f"the logs of batch {batch} did not arrive within "
-                    f"{self.options.barrier_timeout_s}s. "
+                    f"{self.options.barrier_timeout_s}s: a callback listed before "
+                    "this one may have raised in on_train_batch_end (Keras then skips "
+                    "the callbacks after it; see the log for its error). "
                     f"Received: barrier_timeout_s={self.options.barrier_timeout_s}"
                 )
             logs = self._batch_logs.get(batch)
