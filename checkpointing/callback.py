@@ -237,7 +237,7 @@ class OrbaxCheckpoint(MonitorCallback):
                     f"the logs of batch {batch} did not arrive within "
                     f"{self.options.barrier_timeout_s}s: a callback listed before "
                     "this one may have raised in on_train_batch_end (Keras then skips "
-                    "the callbacks after it; see the log for its error). "
+                    "the callbacks after it for that batch, and raises its error one batch later). "
                     f"Received: barrier_timeout_s={self.options.barrier_timeout_s}"
                 )
             logs = self._batch_logs.get(batch)
