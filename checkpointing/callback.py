@@ -398,7 +398,7 @@ class OrbaxCheckpoint(MonitorCallback):
     def _write(self, step: int, payload: dict, metrics: dict[str, float]) -> None:
         """The whole save and commit; runs on the writer thread."""
         self.checkpointer.save_checkpointables(step, payload, force=True, metrics=metrics or None)
-        self._coordinator.barrier(f"committed{self._instance}", step)
+        self._coordinator.barrier(f"committed_{self._instance}_{self._runs}", step)
         # Every process has committed: the step is whole on the shared file
         # system. Dying before the manifest leaves the step usable, "unverified".
         manifest.write_shared(layout.step_dir(self.directory, step), step, self._coordinator)
