@@ -9,6 +9,7 @@ evaluates a schedule at its raw batch counter (`optimizer._iterations`), so
 from __future__ import annotations
 
 import math
+import threading
 
 import keras
 import numpy as np
@@ -142,6 +143,7 @@ class LearningRateLogger(keras.callbacks.Callback):
         self._first = 0
         self._epoch_first = 0
         self._last = 0
+        self._lock = threading.Lock()  # Batch ends run on Keras' thread pool, several at once.
 
     def _batches(self) -> int:
         optimizer = self.model.optimizer
@@ -163,7 +165,8 @@ class LearningRateLogger(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         # Dispatched calls may run out of order: each uses its own `batch`.
         batches = self._epoch_first + batch + 1
-        self._last = max(self._last, batches)
+        with self._lock:
+            self._last = max(self._last, batches)
         self._add(logs, batches)
 
     def on_epoch_end(self, epoch, logs=None):
