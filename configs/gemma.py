@@ -1,11 +1,13 @@
-"""A tiny KerasHub Gemma (random init) on flat token files, laid out by its backbone.
+"""A KerasHub Gemma (or Llama) on flat token files, laid out by its backbone.
 
 The mesh has a `model` axis and no explicit layout rule, so the layouts are
 `GemmaBackbone.get_layout_map` (kernels over `model` and `data`); "auto"
 adds FSDP for whatever that map leaves replicated. Needs the `.[hub]` extra
-(README, "KerasHub"). Presets: None (small, minutes on CPU), 'tiny' (seconds,
-for tests); `llama` as the argument's second word (`tiny,llama`) trains
-LlamaBackbone instead.
+(README, "KerasHub"). The argument is comma-separated words: 'tiny'
+(seconds, for tests; without it, hidden size 128 for 240 steps), 'llama'
+(LlamaBackbone instead of GemmaBackbone), 'preset=/path/to/dir' (the sizes
+and weights of a local KerasHub preset; `--config.model.kwargs.load_weights=False`
+for its sizes alone), e.g. `configs/gemma.py:tiny,llama`.
 
 Run (token files from text: bytes as tokens, vocabulary 256):
   python scripts/tokenize_text.py --input='docs/*.md' --output=/tmp/tok/train.bin
@@ -43,10 +45,13 @@ SIZES = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Returns the config; `arg`: None, 'tiny', 'llama' or 'tiny,llama'."""
+    """Returns the config; `arg`: comma-separated 'tiny', 'llama', 'preset=PATH'."""
     words = [] if arg is None else arg.split(",")
-    if any(w not in ("tiny", "llama") for w in words):
-        raise ValueError(f"configs/gemma.py knows the presets: tiny, llama. Received: {arg!r}")
+    presets = [w.split("=", 1)[1] for w in words if w.startswith("preset=")]
+    if any(w not in ("tiny", "llama") and not w.startswith("preset=") for w in words):
+        raise ValueError(
+            f"configs/gemma.py knows the words: tiny, llama, preset=PATH. Received: {arg!r}"
+        )
     family = "llama" if "llama" in words else "gemma"
     config = base.get_config()
     config.data.name = "tokens"
@@ -84,4 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.trainer.steps_per_epoch = 8
         config.trainer.validation_steps = 1
         config.trainer.log_every = 2
+    if presets:
+        config.model.kwargs = ml_collections.ConfigDict(
+            {"preset": presets[-1], "load_weights": True}
+        )
     return config

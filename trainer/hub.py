@@ -34,13 +34,13 @@ from trainer.mesh import MODEL_AXIS
 INSTALL = "pip install -e '.[hub]' && pip install --no-deps keras-hub==0.32.0"
 
 
-def keras_hub():
-    """The keras_hub module, or a one-line ConfigError saying how to install it."""
+def keras_hub(name: str):
+    """The keras_hub module, or a one-line ConfigError for model `name` saying how to install it."""
     try:
         import keras_hub as module  # noqa: PLC0415  (the optional extra)
     except ImportError as e:
         raise ConfigError(
-            "model.name", f"KerasHub models need keras-hub ({e}); install: {INSTALL}.", None
+            "model.name", f"KerasHub models need keras-hub ({e}); install: {INSTALL}.", name
         ) from e
     return module
 
@@ -57,7 +57,7 @@ class PaddingMask(keras.layers.Layer):
 
 
 def _classes(family: str):
-    hub = keras_hub()
+    hub = keras_hub(family.lower())
     return getattr(hub.models, f"{family}Backbone"), getattr(hub.models, f"{family}CausalLM")
 
 

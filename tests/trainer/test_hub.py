@@ -17,7 +17,7 @@ except ImportError:
     pytest.skip("needs the .[hub] extra (README, KerasHub)", allow_module_level=True)
 
 from configs import gemma, validation
-from trainer import hub, mesh, models
+from trainer import hub, mesh, models, train
 
 MESH = ((4, 2), ("data", "model"))
 # Small backbones whose kernels are over auto_min_size (2**14) elements.
@@ -213,3 +213,34 @@ def test_bad_kwargs_are_one_line_naming_the_field(kwargs, field, received):
     message = str(error.value)
     assert "\n" not in message and message.startswith(f"config.{field}:")
     assert message.endswith(f"Received: {field}={received}")
+
+
+def test_a_preset_config_trains(tmp_path):
+    keras.utils.set_random_seed(3)
+    sizes = {**gemma.SIZES["gemma"], "hidden_dim": 32, "intermediate_dim": 64, "head_dim": 8}
+    backbone = keras_hub.models.GemmaBackbone(**sizes)
+    backbone.save_to_preset(str(tmp_path / "preset"))
+    tokens = (np.arange(4096) * 7 % 251).astype(np.uint16)
+    tokens.tofile(tmp_path / "t.bin")
+    config = gemma.get_config(f"tiny,preset={tmp_path / 'preset'}")
+    assert config.model.kwargs.to_dict() == {
+        "preset": str(tmp_path / "preset"),
+        "load_weights": True,
+    }
+    config.data.kwargs.train = config.data.kwargs.validation = str(tmp_path / "t.bin")
+    config.trainer.steps_per_epoch, config.trainer.validation_steps = 2, 0
+    config.checkpoint.enabled = False
+    assert validation.validate(config, num_devices=8, num_processes=1) == (4, 2)
+    (tmp_path / "run").mkdir()
+    result = train.train(config, tmp_path / "run")
+    assert result.final_step == 2 and np.isfinite(result.history["loss"]).all()
+
+
+def test_without_the_extra_the_error_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "keras_hub", None)  # As if not installed.
+    with pytest.raises(validation.ConfigError) as error:
+        models.build_model(_config().model)
+    message = str(error.value)
+    assert message.startswith("config.model.name: KerasHub models need keras-hub")
+    assert "pip install --no-deps keras-hub==0.32.0" in message and "\n" not in message
+    assert message.endswith("Received: model.name='gemma'")
