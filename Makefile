@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Without its dependencies: they are the `hub` extra (no TensorFlow; README, KerasHub).
+KERAS_HUB := keras-hub==0.32.0
 
 NPROC ?= 2
 NDEV ?= 4
@@ -15,7 +17,8 @@ ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,hub]'
+	$(PY) -m pip install -q --no-deps '$(KERAS_HUB)'
 	touch $(STAMP)
 
 setup: $(STAMP)

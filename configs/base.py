@@ -17,7 +17,7 @@ import ml_collections
 # The built-in factories (trainer/models.py:REGISTRY, trainer/sources.py:REGISTRY),
 # named here so that a typo is refused before any device work. Any other name
 # must be an import path "package.module:function".
-BUILTIN_MODELS = ("transformer_lm", "mlp")
+BUILTIN_MODELS = ("transformer_lm", "mlp", "gemma", "llama")
 BUILTIN_DATA = ("stdlib_bytes", "digits", "tokens", "array_record")
 
 
@@ -51,7 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # data parallelism: every variable of at least `auto_min_size` elements,
     # and its optimizer slots, is also sharded over `data` along its largest
     # dimension that `data` divides and no rule shards (rules naming `model`
-    # keep their dimensions).
+    # keep their dimensions). The entry "backbone" puts the model's own layouts
+    # (its factory's get_layout_map: the KerasHub models) in its place; with no
+    # explicit rule, a mesh with a `model` axis gets them anyway.
     config.mesh.layout_rules = ()
     config.mesh.auto_min_size = 2**14
 

@@ -20,6 +20,9 @@ from configs import base
 BATCH_AXIS = "data"
 # The mesh.layout_rules entry (or whole value) for fully sharded data parallelism.
 AUTO = "auto"
+# The mesh.layout_rules entry for the model's own layouts (its factory's
+# get_layout_map: KerasHub backbones), in that place among the rules.
+BACKBONE = "backbone"
 SECTIONS = ("mesh", "data", "model", "optimizer", "trainer", "checkpoint")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -170,9 +173,11 @@ def _check_mesh(mesh: dict, num_devices: int | None) -> tuple[int, ...] | None:
     for i, rule in enumerate((rules,) if isinstance(rules, str) else rules):
         field = f"mesh.layout_rules[{i}]"
         if isinstance(rule, str):
-            if rule != AUTO:
+            if rule not in (AUTO, BACKBONE):
                 raise ConfigError(
-                    field, f"expected a (regex, partition spec) pair or {AUTO!r}.", rule
+                    field,
+                    f"expected a (regex, partition spec) pair, {AUTO!r} or {BACKBONE!r}.",
+                    rule,
                 )
             continue
         if not isinstance(rule, tuple | list) or len(rule) != 2 or not isinstance(rule[0], str):

@@ -3,13 +3,15 @@
 DataParallel when the mesh has only the batch axis, ModelParallel with an
 ordered LayoutMap otherwise; with "auto" among the layout rules,
 `AutoShardParallel` (fully sharded data parallelism on top of the rules).
+A model whose factory has `get_layout_map` (KerasHub backbones) gives its
+own rules: at the "backbone" entry, or when no explicit rule is given.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -17,7 +19,10 @@ import keras
 import numpy as np
 from jax.experimental import mesh_utils
 
-from configs.validation import AUTO, BATCH_AXIS
+from configs.validation import AUTO, BACKBONE, BATCH_AXIS, ConfigError
+
+# The axis a model's own layouts (get_layout_map) shard over besides `data`.
+MODEL_AXIS = "model"
 
 
 class OrderedLayoutMap(keras.distribution.LayoutMap):
@@ -89,6 +94,52 @@ def split_rules(layout_rules) -> tuple[bool, tuple]:
     return len(rules) != len(tuple(layout_rules)), rules
 
 
+def layout_map_rules(layout_map) -> tuple[tuple[str, tuple], ...]:
+    """A keras LayoutMap's (regex, axes) entries, in its order."""
+    return tuple((key, tuple(layout_map[key].axes)) for key in layout_map)
+
+
+def with_model_rules(
+    rules: Sequence, model_layout: Callable | None, device_mesh, axis_names: Sequence[str]
+) -> tuple:
+    """`rules` with the model's own layouts in place of the "backbone" entry.
+
+    Without that entry, a model that has layouts (`model_layout`, its
+    factory's `get_layout_map(device_mesh)`) gets them when `rules` holds no
+    explicit rule and the mesh has a `model` axis.
+
+    Raises:
+      ConfigError: "backbone" for a model without layouts, or the layouts
+        cannot be made for this mesh.
+    """
+    rules = tuple(rules)
+    explicit = [r for r in rules if not isinstance(r, str)]
+    if BACKBONE not in rules:
+        if explicit or model_layout is None or MODEL_AXIS not in axis_names:
+            return rules
+        rules = (*rules, BACKBONE)
+    if model_layout is None:
+        raise ConfigError(
+            "mesh.layout_rules",
+            f"{BACKBONE!r} needs a model whose factory has get_layout_map (gemma, llama).",
+            rules,
+        )
+    try:
+        own = layout_map_rules(model_layout(device_mesh))
+    except ConfigError:
+        raise
+    except Exception as e:  # The model's code: its failure is reported as bad input.
+        raise ConfigError(
+            "mesh.layout_rules",
+            f"the model's get_layout_map raised {type(e).__name__}: {' '.join(str(e).split())}",
+            rules,
+        ) from e
+    out = []
+    for rule in rules:
+        out.extend(own if isinstance(rule, str) and rule == BACKBONE else (rule,))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class DataShard:
     """Which rows of every global batch this process feeds.
@@ -137,6 +188,7 @@ def build_distribution(
     layout_rules: Sequence[tuple[str, tuple] | str] | str,
     devices: np.ndarray | None = None,
     auto_min_size: int = 2**14,
+    model_layout: Callable | None = None,
 ) -> keras.distribution.Distribution:
     """Returns the keras.distribution for the mesh over all global devices.
 
@@ -149,11 +201,15 @@ def build_distribution(
       devices: `device_array(mesh_shape, axis_names)` (the default: one slice).
       auto_min_size: With "auto", variables of fewer elements stay as the
         rules lay them out.
+      model_layout: The model's own layouts, `get_layout_map(device_mesh)`
+        returning a keras LayoutMap (`models.layout_map_fn`); used at the
+        "backbone" entry, or when there is no explicit rule (`with_model_rules`).
     """
     if devices is None:
         devices = device_array(mesh_shape, axis_names)
     mesh = keras.distribution.DeviceMesh(tuple(mesh_shape), list(axis_names), devices)
     auto, rules = split_rules(layout_rules)
+    rules = with_model_rules(rules, model_layout, mesh, axis_names)
     layout_map = OrderedLayoutMap(mesh, rules)
     if auto:
         return AutoShardParallel(layout_map, auto_min_size, auto_shard_dataset=False)

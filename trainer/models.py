@@ -21,7 +21,7 @@ from etils import epath
 from keras import ops
 
 from configs.validation import ConfigError
-from trainer import optim, plugins
+from trainer import hub, optim, plugins
 
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "bfloat16")
 
@@ -136,7 +136,25 @@ def mlp(
     return keras.Model(inputs, logits, name="mlp")
 
 
-REGISTRY: dict[str, Callable[..., keras.Model]] = {"transformer_lm": transformer_lm, "mlp": mlp}
+REGISTRY: dict[str, Callable[..., keras.Model]] = {
+    "transformer_lm": transformer_lm,
+    "mlp": mlp,
+    # KerasHub causal LMs (the `.[hub]` extra), with their backbones' layouts.
+    "gemma": hub.gemma,
+    "llama": hub.llama,
+}
+
+
+def layout_map_fn(model_config) -> Callable | None:
+    """The model's own layouts: its factory's `get_layout_map(device_mesh)`, or None.
+
+    A factory (built-in or the user's) may carry a `get_layout_map` attribute
+    returning a keras LayoutMap for a DeviceMesh; the distribution is built
+    with it before the model (trainer/mesh.py:with_model_rules).
+    """
+    factory = plugins.resolve("model.name", model_config.name, REGISTRY)
+    fn = getattr(factory, "get_layout_map", None)
+    return fn if callable(fn) else None
 
 
 def _takes(cls_or_fn, name: str) -> bool:

@@ -164,6 +164,7 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
         config.mesh.layout_rules,
         devices,
         auto_min_size=config.mesh.auto_min_size,
+        model_layout=models.layout_map_fn(config.model),  # Before the model is built.
     )
     shard = mesh.data_shard(mesh.process_grid(devices), config.mesh.axis_names, process_index)
     splits = data.load_splits(config.data)
