@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.helpers import launcher, metrics
+from tests.helpers import launcher, metrics, simulate
 from tests.trainer.test_tensorboard import scalars
 
 TINY = (
@@ -77,3 +77,21 @@ def test_profile_of_the_chosen_steps_is_written_and_parses(run):
         trace = json.load(f)["traceEvents"]
     marked = sorted(int(e["args"]["step_num"]) for e in trace if e.get("name") == "train")
     assert marked == [10, 11]
+
+
+@pytest.mark.multiprocess
+def test_every_process_profiles_into_its_own_folder_on_request(tmp_path):
+    r = simulate(
+        2,
+        2,
+        "--config=configs/lm.py:tiny",
+        f"--workdir={tmp_path}",
+        "--config.checkpoint.enabled=False",
+        "--config.trainer.profile_steps=(2,3)",
+        "--config.trainer.profile_all_processes=True",
+    )
+    assert r.returncode == 0, r.stdout[-3000:]
+    for i in range(2):
+        (trace_dir,) = (tmp_path / "profile" / f"process_{i}" / "plugins" / "profile").iterdir()
+        assert any(p.name.endswith(".xplane.pb") for p in trace_dir.iterdir())
+    assert len(list((tmp_path / "tensorboard" / "train").iterdir())) == 1  # Process 0's.
