@@ -115,6 +115,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # batches (data.name, kwargs, seed, global_batch_size, the records'
     # files and length); True continues anyway.
     config.trainer.allow_data_change = False
+    # TensorBoard event files in <workdir>/tensorboard/ (process 0; trainer/tensorboard.py).
+    config.trainer.tensorboard = True
+    # (start, stop): traces optimizer steps start..stop (both included, from 1)
+    # with jax.profiler into <workdir>/profile/process_<i>/; () = no trace.
+    config.trainer.profile_steps = ()
+    # False: process 0 alone traces; True: every process (each in its folder).
+    config.trainer.profile_all_processes = False
 
     # The fields of checkpointing.CheckpointOptions, plus `enabled`; checked
     # by that class (see configs/validation.py).

@@ -245,6 +245,7 @@ def _check_values(cfg: dict, mesh_shape: tuple[int, ...] | None, num_processes: 
     _positive("trainer.seed", tr["seed"], allow_zero=True)
     _check_trainer(tr, ck)
     _check_optimizer(opt, tr, ck)
+    _check_profile_steps(tr, opt)
 
     if not isinstance(ck["enabled"], bool):
         raise ConfigError("checkpoint.enabled", "expected bool.", ck["enabled"])
@@ -352,6 +353,24 @@ def _check_trainer(tr: dict, ck: dict) -> None:
             "trainer.steps_per_execution",
             f"must divide checkpoint.save_freq ({steps}): callbacks see every {n}th step only.",
             n,
+        )
+
+
+def _check_profile_steps(tr: dict, opt: dict) -> None:
+    steps = tr["profile_steps"]
+    if not steps:
+        return
+    total = tr["epochs"] * tr["steps_per_epoch"] // opt["gradient_accumulation_steps"]
+    if (
+        len(steps) != 2
+        or any(isinstance(s, bool) or not isinstance(s, int) for s in steps)
+        or not 1 <= steps[0] <= steps[1] <= total
+    ):
+        raise ConfigError(
+            "trainer.profile_steps",
+            f"expected () or (start, stop) with 1 <= start <= stop <= the run's optimizer "
+            f"steps ({total}).",
+            steps,
         )
 
 

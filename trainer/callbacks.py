@@ -13,33 +13,36 @@ from checkpointing.metadata import scalar_logs
 from trainer.records import JsonLines
 
 
-class MetricsLogger(keras.callbacks.Callback):
-    """Appends metrics as JSON lines to `path` (local or gs://) and logs progress.
+class StepRecords(keras.callbacks.Callback):
+    """Calls `_emit(record)` every `log_every` batches, in step order, and
+    `_emit_epoch(record)` at each epoch's end; the loggers' common part.
 
-    Built with `enabled=False` on every process but the first, so the host-0
-    decision is taken once, not in the loop.
+    A record is `{"step": ..., **metrics}` (`_record`), an epoch's
+    `{"epoch": ..., "step": ..., **metrics}` with the epoch's logs (the
+    validation metrics among them).
 
     Async-safe: Keras runs `on_train_batch_end` on a thread pool (it has
     converted the logs to floats there, so the training thread never waits
     for the device), possibly several at once and out of order. The step is
     counted on the host (the optimizer's counter is read once per `fit`), and
-    records are written under a lock in step order: a batch's line waits
+    records are emitted under a lock in step order: a batch's record waits
     until every earlier batch of the epoch has ended. `on_epoch_end` runs in
     the training thread after all batch ends of the epoch.
 
     Keras calls `on_train_batch_end` once per `steps_per_execution` batches
     (with the last one's index); `step` counts optimizer updates (batches //
     `accumulation`, the optimizer's gradient accumulation steps).
+
+    Built with `enabled=False` on the processes that log nothing, so the
+    decision is taken once, not in the loop.
     """
 
     async_safe = True
 
     def __init__(
         self,
-        path: epath.PathLike,
         *,
         log_every: int,
-        total_steps: int,
         enabled: bool,
         steps_per_execution: int = 1,
         accumulation: int = 1,
@@ -47,19 +50,25 @@ class MetricsLogger(keras.callbacks.Callback):
         super().__init__()
         self._stride = steps_per_execution
         self._accumulation = accumulation
-        self._sink = JsonLines(path) if enabled else None
         self._log_every = log_every
-        self._total = total_steps
         self._enabled = enabled
-        self._start = time.monotonic()
         self._lock = threading.Lock()
         self._epoch_start = 0  # Batches before the epoch's first batch.
         self._ended: set[int] = set()  # Batches ended, not yet passed in order.
         self._pending: dict[int, dict] = {}  # Records waiting for earlier batches.
         self._next = steps_per_execution - 1  # The next batch end (in the epoch) to pass.
 
-    def _write(self, record: dict) -> None:
-        self._sink.write(record)
+    def _record(self, batches: int, logs) -> dict:
+        """The record of the batch that brings the run to `batches` batches."""
+        return {"step": batches // self._accumulation, **scalar_logs(logs, finite=False)}
+
+    def _emit(self, record: dict) -> None:
+        """Called under the lock, in step order."""
+        raise NotImplementedError
+
+    def _emit_epoch(self, record: dict) -> None:
+        """Called in the training thread, after every record of the epoch."""
+        raise NotImplementedError
 
     def on_train_begin(self, logs=None):
         if self._enabled:
@@ -77,14 +86,53 @@ class MetricsLogger(keras.callbacks.Callback):
         with self._lock:
             self._ended.add(batch)
             if not (batch + 1) % self._log_every:
-                step = (self._epoch_start + batch + 1) // self._accumulation
-                self._pending[batch] = {"step": step, **scalar_logs(logs, finite=False)}
+                self._pending[batch] = self._record(self._epoch_start + batch + 1, logs)
             while self._next in self._ended:  # Every batch up to here has ended.
                 self._ended.discard(self._next)
                 record = self._pending.pop(self._next, None)
                 self._next += self._stride
                 if record is not None:
                     self._emit(record)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._enabled:
+            return
+        with self._lock:
+            # Keras has waited for every batch end of the epoch: all passed.
+            self._epoch_start += self._next - (self._stride - 1)
+            step = self._epoch_start // self._accumulation
+        self._emit_epoch({"epoch": epoch + 1, "step": step, **scalar_logs(logs, finite=False)})
+
+
+class MetricsLogger(StepRecords):
+    """Appends metrics as JSON lines to `path` (local or gs://) and logs progress.
+
+    A line every `log_every` batches and one per epoch, in step order (see
+    StepRecords); built with `enabled=False` on every process but the first.
+    """
+
+    def __init__(
+        self,
+        path: epath.PathLike,
+        *,
+        log_every: int,
+        total_steps: int,
+        enabled: bool,
+        steps_per_execution: int = 1,
+        accumulation: int = 1,
+    ):
+        super().__init__(
+            log_every=log_every,
+            enabled=enabled,
+            steps_per_execution=steps_per_execution,
+            accumulation=accumulation,
+        )
+        self._sink = JsonLines(path) if enabled else None
+        self._total = total_steps
+        self._start = time.monotonic()
+
+    def _write(self, record: dict) -> None:
+        self._sink.write(record)
 
     def _emit(self, record: dict) -> None:
         metrics = {k: v for k, v in record.items() if k != "step"}
@@ -99,20 +147,14 @@ class MetricsLogger(keras.callbacks.Callback):
             " ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
         )
 
-    def on_epoch_end(self, epoch, logs=None):
-        if not self._enabled:
-            return
-        with self._lock:
-            # Keras has waited for every batch end of the epoch: all passed.
-            self._epoch_start += self._next - (self._stride - 1)
-            step = self._epoch_start // self._accumulation
-            record = {"epoch": epoch + 1, "step": step, **scalar_logs(logs, finite=False)}
-            self._write(record)
+    def _emit_epoch(self, record: dict) -> None:
+        self._write(record)
         self._sink.flush()  # A remote file is rewritten here at least.
+        metrics = {k: v for k, v in record.items() if k not in ("epoch", "step")}
         logging.info(
             "epoch %d done: %s",
-            epoch + 1,
-            " ".join(f"{k}={v:.4f}" for k, v in scalar_logs(logs, finite=False).items()),
+            record["epoch"],
+            " ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
         )
 
 

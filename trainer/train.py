@@ -20,6 +20,8 @@ from configs import validation
 from trainer import data, mesh, models, optim
 from trainer.callbacks import BoundStepsInFlight, MetricsLogger, SyncEvalSteps
 from trainer.preemption import Preempted, PreemptionWatch
+from trainer.profiling import Profile
+from trainer.tensorboard import TensorBoardLogger
 
 # Same program on every process: the n-th digest is the n-th on all.
 _digest_calls = itertools.count()
@@ -128,6 +130,29 @@ def build_callbacks(
         callbacks.append(
             _checkpoint_callback(config, workdir / "checkpoints", tr.steps_per_epoch, data_state)
         )
+    if tr.tensorboard and is_primary:
+        # After the checkpoint callback: its end (the final save) comes first.
+        seq_len = config.data.kwargs.get("seq_len")
+        callbacks.append(
+            TensorBoardLogger(
+                workdir / "tensorboard",
+                log_every=tr.log_every,
+                global_batch_size=config.data.global_batch_size,
+                tokens_per_example=seq_len if isinstance(seq_len, int) else None,
+                steps_per_execution=tr.steps_per_execution,
+                accumulation=accumulation,
+            )
+        )
+    if tr.profile_steps and (is_primary or tr.profile_all_processes):
+        callbacks.append(
+            Profile(
+                workdir / "profile" / f"process_{jax.process_index()}",
+                start=tr.profile_steps[0],
+                stop=tr.profile_steps[1],
+                steps_per_execution=tr.steps_per_execution,
+                accumulation=accumulation,
+            )
+        )
     return callbacks
 
 
@@ -175,6 +200,15 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
         keras.utils.set_random_seed(tr.seed)  # Same seed everywhere: same initial weights.
         model = models.build(config)
         position = data.position(config.data, splits)
+        # Before the restore: the TensorBoard logger reports it.
+        callbacks = build_callbacks(
+            config,
+            workdir,
+            preemption,
+            is_primary=is_primary,
+            # Batches, not optimizer steps (they differ with accumulation).
+            data_state=lambda: {**position, "step": int(model.optimizer._iterations)},
+        )
         start_step = 0
         ckpt_dir = workdir / "checkpoints"
         if config.checkpoint.enabled:
@@ -199,15 +233,6 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
             (workdir / "config.json").write_text(
                 json.dumps(config.to_dict(), indent=2, default=str)
             )
-
-        callbacks = build_callbacks(
-            config,
-            workdir,
-            preemption,
-            is_primary=is_primary,
-            # Batches, not optimizer steps (they differ with accumulation).
-            data_state=lambda: {**position, "step": int(model.optimizer._iterations)},
-        )
 
         validation_data = None
         if tr.validation_steps:

@@ -111,3 +111,40 @@ def test_either_is_for_every_multi_type_field():
     ref.set("a/path")
     ref.set(3)
     assert ref.get() == 3
+
+
+@pytest.mark.parametrize(
+    "value,received",
+    [
+        ((15, 10), "(15, 10)"),  # stop before start
+        ((-1, 5), "(-1, 5)"),
+        ((0, 5), "(0, 5)"),  # steps count from 1
+        ((10, 241), "(10, 241)"),  # beyond the run's 240 optimizer steps
+        ((10,), "(10,)"),
+        (("a", "b"), "('a', 'b')"),
+        ((None,), "(None,)"),  # what --config.trainer.profile_steps=None gives
+    ],
+)
+def test_profile_steps_are_checked(value, received):
+    c = lm.get_config()
+    c.trainer.profile_steps = value
+    _expect(c, "trainer.profile_steps", received)
+
+
+def test_profile_steps_from_a_flag_and_the_switches(tmp_path):
+    c = _parse(tmp_path, [], "--config.trainer.profile_steps=(10,15)")
+    assert c.trainer.profile_steps == (10, 15) and validate(c) is None
+    last = mlp.get_config().trainer.epochs * mlp.get_config().trainer.steps_per_epoch
+    c = _parse(tmp_path, [], f"--config.trainer.profile_steps=({last},{last})")
+    assert validate(c) is None  # The run's last step.
+    c.trainer.steps_per_epoch //= 2
+    _expect(c, "trainer.profile_steps", f"({last}, {last})")
+    assert _parse(tmp_path, []).trainer.profile_steps == ()  # Off by default.
+    c = _parse(tmp_path, [], "--config.trainer.tensorboard=False")
+    assert c.trainer.tensorboard is False and validate(c) is None
+    d = c.to_dict()  # ml-collections refuses these itself; a dict reaches the check.
+    d["trainer"]["tensorboard"] = "yes"
+    _expect(d, "trainer.tensorboard", "'yes'")
+    d = mlp.get_config().to_dict()
+    d["trainer"]["profile_all_processes"] = 1
+    _expect(d, "trainer.profile_all_processes", "1")

@@ -108,6 +108,7 @@ def scenario(gcs, tmp_path_factory):  # noqa: F811
         *gs_args,
         "--config.trainer.epochs=4",
         "--config.mesh.shape=(8,1)",
+        "--config.trainer.profile_steps=(26,27)",
         f"--logdir={logs / 'moved'}",
     )
     out["moved_p0"] = json.loads(epath.Path(f"{WORKDIR}/final_p0.json").read_text())
@@ -175,3 +176,19 @@ def test_metrics_and_config_are_objects_and_logs_stay_local(scenario):
             text = (logs / run / f"process_{i}.log").read_text()
             assert f"[p{i}]" in text
             assert "AdaptiveReadaheadCache" not in text  # fsspec's INFO line per object read.
+
+
+def test_tensorboard_event_files_and_the_profile_are_objects(scenario, tmp_path):
+    assert scenario["moved"].returncode == 0
+    from tests.trainer.test_tensorboard import scalars  # noqa: PLC0415
+
+    files = list(epath.Path(f"{WORKDIR}/tensorboard/train").iterdir())
+    assert len(files) >= 2  # The relaunch's and the move's, at least.
+    for f in files:
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    steps = {step for step, _ in scalars(tmp_path)["batch_loss"]}
+    resumed_at = max(scenario["committed_after_kill"])
+    assert set(range(resumed_at + 1, 33)) <= steps <= set(range(1, 33))
+    (trace,) = epath.Path(f"{WORKDIR}/profile/process_0/plugins/profile").iterdir()
+    names = sorted(p.name for p in trace.iterdir())
+    assert "perfetto_trace.json.gz" in names and any(n.endswith(".xplane.pb") for n in names)

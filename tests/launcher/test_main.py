@@ -34,6 +34,7 @@ def test_mesh_shape_not_matching_devices(tmp_path):
         ("--config.trainer.epochs=0", ("trainer.epochs", "0")),
         ("--config.data.global_batch_size=15", ("data.global_batch_size", "15")),
         ("--config.mesh.layout_rules=(('kernel', ('tensor', None)),)", ("layout_rules", "tensor")),
+        ("--config.trainer.profile_steps=(15,10)", ("trainer.profile_steps", "(15, 10)")),
     ],
 )
 def test_config_errors(tmp_path, flag, needles):
