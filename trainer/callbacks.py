@@ -13,8 +13,8 @@ from checkpointing.metadata import scalar_logs
 from trainer.records import JsonLines
 
 
-class MetricsLogger(keras.callbacks.Callback):
-    """Appends metrics as JSON lines to `path` (local or gs://) and logs progress.
+class InOrderSteps(keras.callbacks.Callback):
+    """Passes the logs of chosen batch ends to `_passed`, in step order, on host 0.
 
     Built with `enabled=False` on every process but the first, so the host-0
     decision is taken once, not in the loop.
@@ -23,43 +23,37 @@ class MetricsLogger(keras.callbacks.Callback):
     converted the logs to floats there, so the training thread never waits
     for the device), possibly several at once and out of order. The step is
     counted on the host (the optimizer's counter is read once per `fit`), and
-    records are written under a lock in step order: a batch's line waits
+    records are passed under a lock in step order: a batch's record waits
     until every earlier batch of the epoch has ended. `on_epoch_end` runs in
     the training thread after all batch ends of the epoch.
 
     Keras calls `on_train_batch_end` once per `steps_per_execution` batches
     (with the last one's index); `step` counts optimizer updates (batches //
     `accumulation`, the optimizer's gradient accumulation steps).
+
+    Subclasses choose batches with `_wants(batch)` and get
+    `{"step": ..., **metrics}` in `_passed(record, batch)` (called under the lock);
+    their `on_epoch_end` calls `_end_epoch()` for the epoch's last step.
     """
 
     async_safe = True
 
-    def __init__(
-        self,
-        path: epath.PathLike,
-        *,
-        log_every: int,
-        total_steps: int,
-        enabled: bool,
-        steps_per_execution: int = 1,
-        accumulation: int = 1,
-    ):
+    def __init__(self, *, enabled: bool, steps_per_execution: int = 1, accumulation: int = 1):
         super().__init__()
         self._stride = steps_per_execution
         self._accumulation = accumulation
-        self._sink = JsonLines(path) if enabled else None
-        self._log_every = log_every
-        self._total = total_steps
         self._enabled = enabled
-        self._start = time.monotonic()
         self._lock = threading.Lock()
         self._epoch_start = 0  # Batches before the epoch's first batch.
         self._ended: set[int] = set()  # Batches ended, not yet passed in order.
         self._pending: dict[int, dict] = {}  # Records waiting for earlier batches.
         self._next = steps_per_execution - 1  # The next batch end (in the epoch) to pass.
 
-    def _write(self, record: dict) -> None:
-        self._sink.write(record)
+    def _wants(self, batch: int) -> bool:
+        raise NotImplementedError
+
+    def _passed(self, record: dict, batch: int) -> None:
+        raise NotImplementedError
 
     def on_train_begin(self, logs=None):
         if self._enabled:
@@ -76,17 +70,55 @@ class MetricsLogger(keras.callbacks.Callback):
             return
         with self._lock:
             self._ended.add(batch)
-            if not (batch + 1) % self._log_every:
+            if self._wants(batch):
                 step = (self._epoch_start + batch + 1) // self._accumulation
                 self._pending[batch] = {"step": step, **scalar_logs(logs, finite=False)}
             while self._next in self._ended:  # Every batch up to here has ended.
                 self._ended.discard(self._next)
-                record = self._pending.pop(self._next, None)
+                batch_passed, record = self._next, self._pending.pop(self._next, None)
                 self._next += self._stride
                 if record is not None:
-                    self._emit(record)
+                    self._passed(record, batch_passed)
 
-    def _emit(self, record: dict) -> None:
+    def _end_epoch(self) -> int:
+        """The step at the epoch's end (Keras has waited for every batch end of it)."""
+        with self._lock:
+            self._epoch_start += self._next - (self._stride - 1)
+            return self._epoch_start // self._accumulation
+
+
+class MetricsLogger(InOrderSteps):
+    """Appends metrics as JSON lines to `path` (local or gs://) and logs them.
+
+    A line every `log_every` batches and at each epoch end, in step order
+    (see `InOrderSteps`), with the time since the logger was built.
+    """
+
+    def __init__(
+        self,
+        path: epath.PathLike,
+        *,
+        log_every: int,
+        total_steps: int,
+        enabled: bool,
+        steps_per_execution: int = 1,
+        accumulation: int = 1,
+    ):
+        super().__init__(
+            enabled=enabled, steps_per_execution=steps_per_execution, accumulation=accumulation
+        )
+        self._sink = JsonLines(path) if enabled else None
+        self._log_every = log_every
+        self._total = total_steps
+        self._start = time.monotonic()
+
+    def _write(self, record: dict) -> None:
+        self._sink.write(record)
+
+    def _wants(self, batch: int) -> bool:
+        return not (batch + 1) % self._log_every
+
+    def _passed(self, record: dict, batch: int) -> None:
         metrics = {k: v for k, v in record.items() if k != "step"}
         # When written (in step order), so that times rise with the steps.
         self._write(
@@ -102,17 +134,12 @@ class MetricsLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not self._enabled:
             return
-        with self._lock:
-            # Keras has waited for every batch end of the epoch: all passed.
-            self._epoch_start += self._next - (self._stride - 1)
-            step = self._epoch_start // self._accumulation
-            record = {"epoch": epoch + 1, "step": step, **scalar_logs(logs, finite=False)}
-            self._write(record)
+        step = self._end_epoch()
+        metrics = scalar_logs(logs, finite=False)
+        self._write({"epoch": epoch + 1, "step": step, **metrics})
         self._sink.flush()  # A remote file is rewritten here at least.
         logging.info(
-            "epoch %d done: %s",
-            epoch + 1,
-            " ".join(f"{k}={v:.4f}" for k, v in scalar_logs(logs, finite=False).items()),
+            "epoch %d done: %s", epoch + 1, " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         )
 
 
