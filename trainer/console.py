@@ -45,7 +45,7 @@ def duration(seconds: float) -> str:
 
 def info(message: str, *args) -> None:
     """One console line (and a line in the process' log file)."""
-    _logger.info(message, *args)
+    _logger.info(message, *args, stacklevel=2)
 
 
 def stream() -> TextIO:
