@@ -106,6 +106,8 @@ def early(process_id: int | None) -> None:
     Lines logged until `setup` are kept for the log file.
     """
     global _early, _console_format
+    if _console_format is not None:  # Set up already.
+        return
     handler = logging.get_absl_handler()
     formatter = _Tagged if _detailed() else _Console
     _console_format = formatter("" if process_id is None else f"[p{process_id}]")

@@ -21,6 +21,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from launcher import distributed, logs, outcome, summary, usage, workdir  # noqa: E402
 from launcher.exits import usage_exit  # noqa: E402
+from trainer import console  # noqa: E402  (Keras-free)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/lm.py or configs/lm.py:tiny."
@@ -85,6 +86,10 @@ def main(argv: list[str]) -> None:
     config, dist = _CONFIG.value, distributed.DistributedFlags.from_flags()
     logs.early(dist.process_id)
     usage.check_command_line(argv, config, dist.check, dist.num_processes)
+    try:
+        console.bar_mode()  # PODFIT_PROGRESS, if set, is bar or lines.
+    except ValueError as e:
+        usage_exit(str(e))
     try:
         run_dir = workdir.writable(_WORKDIR.value)
     except workdir.WorkdirError as e:

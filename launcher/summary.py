@@ -45,11 +45,12 @@ def start_line(
     else:
         hosts = f"{process_count} processes, {local_devices} on process 0"
     console.info(
-        "podfit: %d steps of %s on %d %s devices (%s); workdir %s; logs %s/process_N.log",
+        "podfit: %d steps of %s on %d %s device%s (%s); workdir %s; logs %s/process_N.log",
         total_steps,
         config,
         device_count,
         platform,
+        "" if device_count == 1 else "s",
         hosts,
         workdir,
         log_dir,
