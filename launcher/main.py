@@ -1,4 +1,4 @@
-"""podfit entrypoint: flags -> distributed init -> one topology line -> trainer.
+"""podfit entrypoint: flags -> distributed init -> one topology line -> trainer -> summary.
 
   python -m launcher.main --config=configs/lm.py --workdir=DIR [--config.x=v ...]
 
@@ -34,53 +34,6 @@ _LOGDIR = flags.DEFINE_string(
 )
 
 
-def _total_steps(config) -> int:
-    """Optimizer steps of the whole run (batches // gradient accumulation)."""
-    tr = config.trainer
-    return tr.epochs * tr.steps_per_epoch // config.optimizer.gradient_accumulation_steps
-
-
-def _start_line(config, run_dir, log_dir: str) -> None:
-    import jax  # noqa: PLC0415  (after the JAX configuration)
-
-    flag = flags.FLAGS["config"]
-    summary.start_line(
-        process_count=jax.process_count(),
-        local_devices=jax.local_device_count(),
-        device_count=jax.device_count(),
-        platform=jax.devices()[0].platform,
-        config=summary.config_text(
-            config_flags.get_config_filename(flag), config_flags.get_override_values(flag)
-        ),
-        total_steps=_total_steps(config),
-        workdir=str(run_dir),
-        log_dir=log_dir,
-    )
-
-
-def _train_and_summarize(config, run_dir, started: float) -> None:
-    import jax  # noqa: PLC0415
-
-    from trainer.train import train  # noqa: PLC0415  (imports Keras with the JAX backend)
-
-    result = train(config, run_dir)
-    if jax.process_index() == 0:
-        from checkpointing import layout  # noqa: PLC0415
-
-        directory = run_dir / "checkpoints"
-        summary.end_lines(
-            start_step=result.start_step,
-            final_step=result.final_step,
-            total_steps=_total_steps(config),
-            started=started,
-            workdir=run_dir,
-            # A listing (no reads): the other processes may be leaving already.
-            committed=[m.step for m in layout.committed_steps(directory)]
-            if config.checkpoint.enabled
-            else [],
-        )
-
-
 def main(argv: list[str]) -> None:
     started = time.monotonic()
     config, dist = _CONFIG.value, distributed.DistributedFlags.from_flags()
@@ -101,9 +54,10 @@ def main(argv: list[str]) -> None:
     log_path = logs.setup(jax.process_index(), log_dir)
     usage.check_on_devices(config, dist.heartbeat_timeout_s)
     logging.info("%s; log file %s", distributed.topology_line(dist.device_ids()), log_path)
-    if jax.process_index() == 0:
-        _start_line(config, run_dir, log_dir)
-    outcome.run(lambda: _train_and_summarize(config, run_dir, started))
+    summary.show_start(config, run_dir, log_dir)
+    from trainer.train import train  # noqa: PLC0415  (imports Keras with the JAX backend)
+
+    outcome.run(lambda: summary.show_end(config, run_dir, train(config, run_dir), started))
 
 
 if __name__ == "__main__":

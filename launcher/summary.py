@@ -1,7 +1,8 @@
 """The run's first console line (what runs where) and its last (what came out).
 
 Process 0 prints them through `trainer.console`; every process logs its
-own topology line to its log file.
+own topology line to its log file. Imported before the JAX configuration:
+JAX is imported inside `show_start` and `show_end` only.
 """
 
 from __future__ import annotations
@@ -11,11 +12,61 @@ import shlex
 import sys
 import time
 
+from absl import flags
 from etils import epath
+from ml_collections import config_flags
 
 from trainer import console
 
 _MAX_OVERRIDES_CHARS = 100
+
+
+def total_steps(config) -> int:
+    """Optimizer steps of the whole run (batches // gradient accumulation)."""
+    tr = config.trainer
+    return tr.epochs * tr.steps_per_epoch // config.optimizer.gradient_accumulation_steps
+
+
+def show_start(config, run_dir: epath.Path, log_dir: str) -> None:
+    """The start line on process 0, from the joined job and the --config flag."""
+    import jax  # noqa: PLC0415  (after the JAX configuration)
+
+    if jax.process_index() != 0:
+        return
+    flag = flags.FLAGS["config"]
+    start_line(
+        process_count=jax.process_count(),
+        local_devices=jax.local_device_count(),
+        device_count=jax.device_count(),
+        platform=jax.devices()[0].platform,
+        config=config_text(
+            config_flags.get_config_filename(flag), config_flags.get_override_values(flag)
+        ),
+        total_steps=total_steps(config),
+        workdir=str(run_dir),
+        log_dir=log_dir,
+    )
+
+
+def show_end(config, run_dir: epath.Path, result, started: float) -> None:
+    """The summary on process 0 of a finished `trainer.train` (its `TrainResult`)."""
+    import jax  # noqa: PLC0415
+
+    from checkpointing import layout  # noqa: PLC0415  (imports Keras)
+
+    if jax.process_index() != 0:
+        return
+    end_lines(
+        start_step=result.start_step,
+        final_step=result.final_step,
+        total_steps=total_steps(config),
+        started=started,
+        workdir=run_dir,
+        # A listing, no reads: the other processes may be leaving already.
+        committed=[m.step for m in layout.committed_steps(run_dir / "checkpoints")]
+        if config.checkpoint.enabled
+        else [],
+    )
 
 
 def config_text(filename: str, overrides: dict) -> str:
