@@ -1,4 +1,4 @@
-"""podfit entrypoint: flags -> distributed init -> one topology line -> trainer.
+"""podfit entrypoint: flags -> distributed init -> one topology line -> trainer -> summary.
 
   python -m launcher.main --config=configs/lm.py --workdir=DIR [--config.x=v ...]
 
@@ -12,14 +12,16 @@ resume), anything else a failure (see the process' log).
 from __future__ import annotations
 
 import os
+import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from launcher import distributed, logs, outcome, usage, workdir  # noqa: E402
+from launcher import distributed, logs, outcome, summary, usage, workdir  # noqa: E402
 from launcher.exits import usage_exit  # noqa: E402
+from trainer import console  # noqa: E402  (Keras-free)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/lm.py or configs/lm.py:tiny."
@@ -33,8 +35,14 @@ _LOGDIR = flags.DEFINE_string(
 
 
 def main(argv: list[str]) -> None:
+    started = time.monotonic()
     config, dist = _CONFIG.value, distributed.DistributedFlags.from_flags()
+    logs.early(dist.process_id)
     usage.check_command_line(argv, config, dist.check, dist.num_processes)
+    try:
+        console.bar_mode()  # PODFIT_PROGRESS, if set, is bar or lines.
+    except ValueError as e:
+        usage_exit(str(e))
     try:
         run_dir = workdir.writable(_WORKDIR.value)
     except workdir.WorkdirError as e:
@@ -42,12 +50,14 @@ def main(argv: list[str]) -> None:
     distributed.initialize(dist)
     import jax  # noqa: PLC0415  (after the JAX configuration above)
 
-    log_path = logs.setup(jax.process_index(), workdir.log_dir(_WORKDIR.value, _LOGDIR.value))
+    log_dir = workdir.log_dir(_WORKDIR.value, _LOGDIR.value)
+    log_path = logs.setup(jax.process_index(), log_dir)
     usage.check_on_devices(config, dist.heartbeat_timeout_s)
     logging.info("%s; log file %s", distributed.topology_line(dist.device_ids()), log_path)
+    summary.show_start(config, run_dir, log_dir)
     from trainer.train import train  # noqa: PLC0415  (imports Keras with the JAX backend)
 
-    outcome.run(lambda: train(config, run_dir))
+    outcome.run(lambda: summary.show_end(config, run_dir, train(config, run_dir), started))
 
 
 if __name__ == "__main__":

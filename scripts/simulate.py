@@ -13,6 +13,14 @@ Everything after `--` is passed to every launcher process untouched; this
 script adds `--coordinator_address`, `--num_processes`, `--process_id` and
 `--num_cpu_devices`. Each process' output is streamed with a `[p{i}] ` prefix.
 
+The launcher filters its own log lines (see launcher/logs.py). What a
+process prints outside of logging (C++ libraries, tracebacks before the log
+is set up) is also appended to its log file (`<workdir>/logs/process_N.log`,
+or `--logdir`) once the launcher created it; of these lines the routine ones
+(gloo's "Rank 0 is connected to 1 peer ranks" at every new communicator) go
+to the file only, unless `--verbosity=1` is passed after `--`. When this
+script's output is a terminal, process 0 draws its progress as a live bar.
+
 The first process that exits non-zero stops the others (SIGTERM, then SIGKILL
 after --grace_s), and its exit code becomes ours. SIGINT or SIGTERM sent to
 this script is forwarded to every process as SIGTERM so that each can save a
@@ -24,6 +32,7 @@ signal S counts as exit code 128 + S.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +45,10 @@ import portpicker
 from absl import app, flags
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, REPO_ROOT)
+
+from launcher import workdir as launcher_workdir  # noqa: E402
+from trainer import console  # noqa: E402  (Keras-free)
 
 # Flags that this script sets for each process; passing them after `--` too
 # would silently give two values, so it is rejected.
@@ -45,6 +58,16 @@ _POLL_INTERVAL_S = 0.05
 # How long to wait for a process' output to drain after it exited; a
 # grandchild that inherited the pipe must not keep us waiting forever.
 _DRAIN_TIMEOUT_S = 5.0
+# gloo's line at every new communicator ("[Gloo] Rank 0 is connected to 1
+# peer ranks. Expected number of connected peer ranks is : 1"), printed from
+# C++ threads piece by piece: lines made of its pieces only are routine (to
+# the log file only, unless --verbosity >= 1), however they interleaved.
+_GLOO_PIECES = re.compile(
+    r"\[Gloo\] Rank|is connected to|peer ranks\.|Expected number of connected peer ranks is :"
+    r"|\d+|\s+"
+)
+_TOKEN = re.compile(rb"([^\r\n]*)([\r\n])")
+_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", 2, "How many launcher processes (simulated hosts) to start."
@@ -97,12 +120,79 @@ def _describe(index: int, returncode: int) -> str:
     return f"process {index} exited {returncode}"
 
 
+def routine(line: str) -> bool:
+    """Whether a line printed outside of logging comes with normal operation."""
+    return "connected" in line and line.strip() != "" and not _GLOO_PIECES.sub("", line)
+
+
+def flag_value(args: Sequence[str], *names: str) -> str | None:
+    """The last value of absl flag `names` in `args` (`--name=v`, `-name=v`, `--name v`)."""
+    value = None
+    for i, arg in enumerate(args):
+        if not arg.startswith("-"):
+            continue
+        name, equals, text = arg.lstrip("-").partition("=")
+        if name in names:
+            if equals:
+                value = text
+            elif i + 1 < len(args):
+                value = args[i + 1]
+    return value
+
+
+def _detailed(passthrough: Sequence[str]) -> bool:
+    """Whether the processes run with --verbosity >= 1 (every line on the console)."""
+    value = flag_value(passthrough, "verbosity", "v")
+    try:
+        return value is not None and int(value) >= 1
+    except ValueError:
+        return False  # The launcher itself rejects it.
+
+
+def log_files(passthrough: Sequence[str], num_processes: int) -> list[str] | None:
+    """Where each launcher writes its log file (None: no --workdir to say)."""
+    run_dir = flag_value(passthrough, "workdir")
+    if not run_dir:
+        return None
+
+    def local(path: str | None) -> str | None:
+        # The processes run in REPO_ROOT: relative paths are relative to it.
+        if path is None or launcher_workdir.is_remote(path):
+            return path
+        return os.path.join(REPO_ROOT, path)
+
+    folder = launcher_workdir.log_dir(local(run_dir), local(flag_value(passthrough, "logdir")))
+    return [os.path.join(folder, f"process_{i}.log") for i in range(num_processes)]
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     inherited = env.get("PYTHONPATH")
     env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + inherited if inherited else "")
     return env
+
+
+class _LogFile:
+    """Appends lines to a process' log file once the launcher has created it."""
+
+    def __init__(self, path: str | None):
+        self._path = path
+        self._file = None
+
+    def write(self, line: str) -> None:
+        if self._file is None and self._path is not None and os.path.exists(self._path):
+            self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
+        if self._file is not None:
+            self._file.write(line + "\n")
+            self._file.flush()
+
+    def __enter__(self) -> _LogFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 class _Simulation:
@@ -134,23 +224,63 @@ class _Simulation:
         # (process index, returncode) in the order the exits were observed.
         self._exits: list[tuple[int, int]] = []
         self._signals: list[int] = []
+        self._detailed = _detailed(self._passthrough)
+        self._log_paths = log_files(self._passthrough, num_processes)
+        # A process' progress bar (drawn last, below the lines): (index, text).
+        self._bar: tuple[int, str] | None = None
+        self._bars = sys.stdout.isatty() and console.MODE_ENV not in os.environ
 
     def _on_signal(self, signum: int, frame: object) -> None:
         del frame  # Unused.
         self._signals.append(signum)
 
-    def _write(self, text: str) -> None:
+    def _write(self, text: str, *, bar_of: int | None = None) -> None:
+        """Writes whole lines; a shown bar stays below them (`bar_of`: its process ends it)."""
         with self._print_lock:
+            if self._bar is not None:
+                sys.stdout.write(f"\r{console.CLEAR}")
+                if self._bar[0] == bar_of:
+                    self._bar = None
             sys.stdout.write(text)
+            if self._bar is not None:
+                sys.stdout.write(self._bar[1])
+            sys.stdout.flush()
+
+    def _show_bar(self, index: int, text: str) -> None:
+        with self._print_lock:
+            self._bar = (index, text)
+            sys.stdout.write(f"\r{console.CLEAR}{text}")
             sys.stdout.flush()
 
     def _stream(self, index: int, pipe) -> None:
+        """Passes process `index`'s output on: lines, and its bar frames (ended by `\\r`)."""
         prefix = f"[p{index}] "
-        with pipe:
-            for raw in iter(pipe.readline, b""):
-                line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                # The launcher tags its own log lines; tag only the rest.
-                self._write(line + "\n" if line.startswith(prefix) else f"{prefix}{line}\n")
+        log = _LogFile(None if self._log_paths is None else self._log_paths[index])
+        fd, pending = pipe.fileno(), b""
+        with pipe, log:
+            while chunk := os.read(fd, 65536):
+                pending += chunk
+                end = 0
+                for match in _TOKEN.finditer(pending):
+                    end = match.end()
+                    self._token(index, prefix, log, match.group(1), match.group(2) == b"\r")
+                pending = pending[end:]
+            if pending:
+                self._token(index, prefix, log, pending, False)
+
+    def _token(self, index: int, prefix: str, log: _LogFile, raw: bytes, frame: bool) -> None:
+        text = _ESCAPES.sub("", raw.decode("utf-8", errors="replace"))
+        if frame:  # A progress bar frame: drawn in place.
+            if text:
+                self._show_bar(index, f"{prefix}{text}")
+            return
+        if text.startswith(prefix):  # The launcher's log lines: it filtered them already.
+            self._write(text + "\n")
+            return
+        # Printed outside of logging: to the log file, and shown unless routine.
+        log.write(text)
+        if self._detailed or not routine(text):
+            self._write(f"{prefix}{text}\n", bar_of=index)
 
     def _command(self, index: int, port: int) -> list[str]:
         """The command line of process `index`; subclasses may wrap it."""
@@ -166,8 +296,10 @@ class _Simulation:
         ]
 
     def _start(self, port: int) -> None:
-        env = _child_env()
         for index in range(self._num_processes):
+            env = _child_env()
+            if index == 0 and self._bars:
+                env[console.MODE_ENV] = "bar"
             command = self._command(index, port)
             # A session of its own: a terminal's Ctrl-C reaches only this
             # script, which forwards it, so shutdown follows one path.
@@ -269,6 +401,9 @@ class _Simulation:
                 signal.signal(s, handler)
         for reader in self._readers:
             reader.join(timeout=_DRAIN_TIMEOUT_S)
+        if self._bar is not None:  # Left as it was, above the last line.
+            self._bar = None
+            sys.stdout.write("\n")
         self._write(f"simulate: {summary}\n")
         return code
 

@@ -14,8 +14,9 @@ from trainer.records import JsonLines
 
 
 class StepRecords(keras.callbacks.Callback):
-    """Calls `_emit(record)` every `log_every` batches, in step order, and
-    `_emit_epoch(record)` at each epoch's end; the loggers' common part.
+    """Calls `_emit(record, batch)` for the batches `_wants` (by default every
+    `log_every`), in step order, and `_emit_epoch(record)` at each epoch's
+    end; the common part of the loggers and the progress line.
 
     A record is `{"step": ..., **metrics}` (`_record`), an epoch's
     `{"epoch": ..., "step": ..., **metrics}` with the epoch's logs (the
@@ -62,8 +63,12 @@ class StepRecords(keras.callbacks.Callback):
         """The record of the batch that brings the run to `batches` batches."""
         return {"step": batches // self._accumulation, **scalar_logs(logs, finite=False)}
 
-    def _emit(self, record: dict) -> None:
-        """Called under the lock, in step order."""
+    def _wants(self, batch: int) -> bool:
+        """Whether the end of `batch` (in the epoch) makes a record."""
+        return not (batch + 1) % self._log_every
+
+    def _emit(self, record: dict, batch: int) -> None:
+        """Called under the lock, in step order; `batch` is the batch in the epoch."""
         raise NotImplementedError
 
     def _emit_epoch(self, record: dict) -> None:
@@ -85,14 +90,14 @@ class StepRecords(keras.callbacks.Callback):
             return
         with self._lock:
             self._ended.add(batch)
-            if not (batch + 1) % self._log_every:
+            if self._wants(batch):
                 self._pending[batch] = self._record(self._epoch_start + batch + 1, logs)
             while self._next in self._ended:  # Every batch up to here has ended.
                 self._ended.discard(self._next)
-                record = self._pending.pop(self._next, None)
+                passed, record = self._next, self._pending.pop(self._next, None)
                 self._next += self._stride
                 if record is not None:
-                    self._emit(record)
+                    self._emit(record, passed)
 
     def on_epoch_end(self, epoch, logs=None):
         if not self._enabled:
@@ -134,7 +139,7 @@ class MetricsLogger(StepRecords):
     def _write(self, record: dict) -> None:
         self._sink.write(record)
 
-    def _emit(self, record: dict) -> None:
+    def _emit(self, record: dict, batch: int) -> None:
         metrics = {k: v for k, v in record.items() if k != "step"}
         # When written (in step order), so that times rise with the steps.
         self._write(

@@ -204,7 +204,7 @@ class TensorBoardLogger(StepRecords):
         # After the first epoch of a fit: the epoch's first interval is measured.
         self._mark = None if self._first_epoch else (time.monotonic(), self._epoch_start)
 
-    def _emit(self, record: dict) -> None:
+    def _emit(self, record: dict, batch: int) -> None:
         now = time.monotonic()
         step, batches = record["step"], record["batches"]
         values = {f"batch_{k}": v for k, v in record.items() if k not in ("step", "batches")}

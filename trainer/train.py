@@ -17,10 +17,11 @@ import checkpointing
 from checkpointing import layout
 from checkpointing.coordination import Coordinator
 from configs import validation
-from trainer import data, mesh, models, optim
+from trainer import console, data, mesh, models, optim
 from trainer.callbacks import BoundStepsInFlight, MetricsLogger, SyncEvalSteps
 from trainer.preemption import Preempted, PreemptionWatch
 from trainer.profiling import Profile
+from trainer.progress import Progress
 from trainer.tensorboard import TensorBoardLogger
 
 # Same program on every process: the n-th digest is the n-th on all.
@@ -153,6 +154,17 @@ def build_callbacks(
                 accumulation=accumulation,
             )
         )
+    # Last: its on_train_end comes after the checkpoint callback's (the last commit).
+    callbacks.append(
+        Progress(
+            total_steps=total_steps // accumulation,
+            log_every=tr.log_every,
+            enabled=is_primary,
+            epochs=tr.epochs,
+            steps_per_execution=tr.steps_per_execution,
+            accumulation=accumulation,
+        )
+    )
     return callbacks
 
 
@@ -221,7 +233,7 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
                     step=int(model.optimizer._iterations),  # Batches (see optim.py).
                     allow_change=tr.allow_data_change,
                 )
-                logging.info(
+                (console.info if is_primary else logging.info)(
                     "resumed from step %d (epoch %d, step %d of it)",
                     start_step,
                     restored.progress.epoch,
@@ -264,7 +276,7 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
                 validation_steps=tr.validation_steps or None,
                 callbacks=callbacks,
                 shuffle=False,  # The pipeline shuffles by (seed, step).
-                verbose=2 if is_primary else 0,
+                verbose=0,  # Progress (process 0) shows it.
             )
             for key, values in h.history.items():
                 history.setdefault(key, []).extend(float(v) for v in values)

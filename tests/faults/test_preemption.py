@@ -134,7 +134,14 @@ def test_sigterm_while_joining_exits_75_at_once(tmp_path, process_id):
     log = tmp_path / "launcher.out"
     workdir = tmp_path / "run"
     proc = start_one_launcher(
-        process_id, 2, 1, *ARGS, f"--workdir={workdir}", port=portpicker.pick_unused_port(), log=log
+        process_id,
+        2,
+        1,
+        *ARGS,
+        f"--workdir={workdir}",
+        "--verbosity=1",  # JAX's INFO lines on the console too.
+        port=portpicker.pick_unused_port(),
+        log=log,
     )
     try:
         # Logged by JAX just before the client's blocking connect.

@@ -16,7 +16,10 @@ def test_lm_2_processes_x_4_devices_tensor_parallel(tmp_path):
         "--config.trainer.log_every=3",
     )
     assert r.returncode == 0, r.stdout[-3000:]
-    assert "process 0/2: 4 local of 8 cpu devices" in r.stdout
+    assert "on 8 cpu devices (2 processes x 4)" in r.stdout.splitlines()[1]
+    assert (
+        "process 0/2: 4 local of 8 cpu devices" in (tmp_path / "logs" / "process_0.log").read_text()
+    )
     losses = [m["loss"] for m in metrics(tmp_path) if "epoch" not in m]
     assert len(losses) == 4 and losses[-1] < losses[0], losses
     done = finals(tmp_path)

@@ -6,7 +6,8 @@ import pytest
 
 from tests.helpers import committed_steps, launcher, launcher_logs, reaped, start_launchers
 
-LOG_LINE = re.compile(r"^(\[p\d+\] )?[IWEF]\d{4} ")
+# absl's log lines, and the start line process 0 shows before training.
+LOG_LINE = re.compile(r"^(\[p\d+\] )?([IWEF]\d{4} |podfit: \d+ steps of )")
 MLP = ("--config=configs/mlp.py:tiny", "--num_cpu_devices=1")
 
 
@@ -21,7 +22,7 @@ def test_checkpoint_of_a_different_model_exits_2_with_one_line(tmp_path):
     lines = [line for line in wider.stderr.splitlines() if line.startswith("launcher:")]
     assert len(lines) == 1, wider.stderr[-3000:]
     (line,) = lines
-    # Everything else on stderr is absl's log lines (INFO and the like), no second message.
+    # Everything else on stderr is log lines (warnings, the start line), no second message.
     others = [x for x in wider.stderr.splitlines() if x.strip() and x != line]
     assert all(LOG_LINE.match(x) for x in others), others
     assert f"checkpoint {tmp_path}/checkpoints/{step} is from a different model" in line

@@ -70,6 +70,21 @@ FAKE_LAUNCHER = textwrap.dedent(
         write(f"ready_{index}", "")
         while True:
             time.sleep(0.1)
+    if mode == "noisy":  # What the launcher and C++ libraries print, as they print it.
+        logs = os.path.join(args["workdir"], "logs")
+        os.makedirs(logs, exist_ok=True)
+        with open(os.path.join(logs, f"process_{index}.log"), "a") as f:
+            f.write(f"[p{index}] I0101 launcher line\\n")  # The launcher's own file handler.
+        print(f"[p{index}] podfit: a console line", flush=True)
+        print(f"[Gloo] Rank {index} is connected to 1 peer ranks. "
+              "Expected number of connected peer ranks is : 1", file=sys.stderr, flush=True)
+        print(f"[Gloo] Rank [Gloo] Rank {index} is connected to ", file=sys.stderr, flush=True)
+        print(f"raw line from {index}", file=sys.stderr, flush=True)
+        if index == 0:
+            sys.stderr.write("\\x1b[K[###.] step 1/2\\r\\x1b[K[####] step 2/2\\r")
+            sys.stderr.flush()
+            print("\\x1b[K[p0] after the bar", file=sys.stderr, flush=True)
+        sys.exit(0)
     raise SystemExit(f"unknown --mode={mode}")
     """
 )
@@ -216,3 +231,34 @@ def test_bad_input_exits_2_with_one_line(fake_dir, args, expected):
     for text in expected:
         assert text in lines[0]
     assert not list(fake_dir.glob("pid_*"))  # Nothing was started.
+
+
+@pytest.mark.parametrize("verbosity", [None, "1"], ids=["default", "verbosity_1"])
+def test_routine_lines_go_to_the_log_file_and_the_rest_to_the_console(fake_dir, verbosity):
+    workdir = fake_dir / "run"
+    extra = [] if verbosity is None else [f"--verbosity={verbosity}"]
+    result = subprocess.run(
+        _command(2, "--mode=noisy", f"--workdir={workdir}", *extra),
+        env=_env(fake_dir),
+        capture_output=True,
+        timeout=TIMEOUT_S,
+    )
+    out = result.stdout.decode()  # Bytes: text mode would turn each \r into a new line.
+    assert result.returncode == 0, out + result.stderr.decode()
+    for index in range(2):
+        log = (workdir / "logs" / f"process_{index}.log").read_text().splitlines()
+        # The launcher's lines stay as it wrote them; what it printed outside of logging
+        # is added, routine or not; its console lines are in the file through its handler.
+        assert log[0] == f"[p{index}] I0101 launcher line"
+        assert f"[Gloo] Rank {index} is connected to 1 peer ranks." in log[1]
+        assert log[3] == f"raw line from {index}"
+        assert f"[p{index}] podfit: a console line\n" in out
+        assert f"[p{index}] raw line from {index}\n" in out
+    gloo = [line for line in out.splitlines() if "Gloo" in line]
+    assert len(gloo) == (0 if verbosity is None else 4), out
+    # A bar's frames are drawn in place; a line of its process ends it.
+    assert f"\r{ESC}[####] step 2/2" in out.replace("[p0] ", "")
+    assert f"\r{ESC}[p0] after the bar\n" in out
+
+
+ESC = "\x1b[K"
