@@ -15,7 +15,7 @@ from keras.src.saving import saving_lib
 from keras.src.utils import io_utils
 from orbax.checkpoint import v1 as ocp
 
-from checkpointing import layout, manifest, retention, writer
+from checkpointing import events, layout, manifest, retention, writer
 from checkpointing import metadata as meta
 from checkpointing.coordination import (
     Coordinator,
@@ -276,15 +276,28 @@ class OrbaxCheckpoint(MonitorCallback):
             self._save(logs)
 
     def on_train_end(self, logs=None):
-        self._writer.wait()
+        self._wait_for_writes()
         if not self.options.save_best_only:
             self._save(logs, final=True)
-        self._writer.wait()
+        self._wait_for_writes()
         self._coordinator.raise_if_peer_failed()  # Not a barrier a failed peer may never reach.
         step = self._last_saved_step if self._last_saved_step is not None else -1
         self._coordinator.barrier(f"train_end_{self._instance}_{self._runs}", step)
         self._coordinator.raise_if_peer_failed()
         self.checkpointer.close()
+
+    def _wait_for_writes(self) -> None:
+        """Waits for the write in flight; emits `save_waited` if there was one."""
+        if not self._writer.busy:
+            self._writer.raise_if_failed()
+            return
+        started = time.monotonic()
+        self._writer.wait()
+        events.emit(
+            "save_waited",
+            step=self._last_saved_step,
+            ms=round((time.monotonic() - started) * 1000, 3),
+        )
 
     def _new_checkpointer(self) -> ocp.training.Checkpointer:
         return layout.no_preemption_queries(
@@ -333,6 +346,7 @@ class OrbaxCheckpoint(MonitorCallback):
         return meta.Progress(global_step=step, epoch=epoch, step_in_epoch=in_epoch)
 
     def _save(self, logs: Mapping[str, Any] | None, final: bool = False) -> None:
+        started, wall_start = time.monotonic(), time.time()
         self._writer.wait()  # Queue depth 1; raises earlier failures everywhere.
         self._coordinator.raise_if_peer_failed()  # Also a peer's failure this process missed.
         model = self.model  # Syncs the JAX state into the variables.
@@ -363,6 +377,7 @@ class OrbaxCheckpoint(MonitorCallback):
         elif current is not None and self.monitor_op is not None:
             if bool(self._is_improvement(current, self.best)):
                 self.best = current
+        events.emit("save_begun", step=step)
         data_state = {} if self.data_state is None else self.data_state()
         meta.check_json("data_state", data_state)
         record = meta.StepRecord(
@@ -389,16 +404,27 @@ class OrbaxCheckpoint(MonitorCallback):
         if self._config_json is not None:
             payload[layout.MODEL_CONFIG] = {"config": self._config_json}
         self._last_saved_step = step
-        self._writer.submit(step, lambda: self._write(step, payload, metrics))
+        self._writer.submit(step, lambda: self._write(step, payload, metrics, wall_start))
         if self._say is not None:
             self._say(f"\nOrbaxCheckpoint: saving step {step} to {self.directory}")
         if not self.options.save_on_background:
             self._writer.wait()
+        events.emit("save_blocked", step=step, ms=round((time.monotonic() - started) * 1000, 3))
 
-    def _write(self, step: int, payload: dict, metrics: dict[str, float]) -> None:
+    def _write(
+        self, step: int, payload: dict, metrics: dict[str, float], wall_start: float
+    ) -> None:
         """The whole save and commit; runs on the writer thread."""
         self.checkpointer.save_checkpointables(step, payload, force=True, metrics=metrics or None)
         self._coordinator.barrier(f"committed_{self._instance}_{self._runs}", step)
         # Every process has committed: the step is whole on the shared file
         # system. Dying before the manifest leaves the step usable, "unverified".
-        manifest.write_shared(layout.step_dir(self.directory, step), step, self._coordinator)
+        nbytes = manifest.write_shared(
+            layout.step_dir(self.directory, step), step, self._coordinator
+        )
+        events.emit(
+            "save_committed",
+            step=step,
+            write_s=round(time.time() - wall_start, 3),
+            bytes=nbytes,
+        )

@@ -9,15 +9,22 @@ propagates to the emitter (errors are never swallowed).
 
 Kinds emitted by this package (each with the fields listed):
 
-- `save_begun`: step.
+- `save_begun`: step (training thread, once the save is decided).
 - `save_blocked`: step, ms (time the training thread waited for this save:
-  snapshot and hand-off).
+  the wait for the previous save's write (queue depth 1), the snapshot and
+  the hand-off; with `save_on_background=False`, the whole write). Emitted
+  when the training thread goes on, so the wait is [time - ms, time].
 - `save_committed`: step, write_s (from the save's start to its commit on
-  every process), bytes (the bytes this process wrote).
-- `restore`: step, seconds (the read into the model, including the verdict).
+  every process, including the manifest), bytes (the bytes this process
+  wrote). Emitted on the writer thread.
+- `save_waited`: step, ms (the training thread waited at the end of `fit`
+  for the write of `step`, in flight, to be durable; only when one was in
+  flight). Emitted when the wait ends, so the wait is [time - ms, time].
+- `restore`: step, seconds (the read into the model, including the verdict;
+  once per `restore` or `restore_latest` call that restored a step).
 
 Other packages (the trainer, the launcher) emit their own kinds through
-the same `emit`.
+the same `emit`: see `launcher/events.py` for the run's event log.
 """
 
 from __future__ import annotations

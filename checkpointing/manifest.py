@@ -211,11 +211,14 @@ def write(step_dir: epath.PathLike, files: dict[str, dict] | None = None) -> epa
     return target
 
 
-def write_shared(step_dir: epath.PathLike, step: int, coordinator: Coordinator) -> None:
+def write_shared(step_dir: epath.PathLike, step: int, coordinator: Coordinator) -> int:
     """Every process checksums the files it wrote; process 0 writes the manifest.
 
     Call it on every process once all have committed the step. The time
     each process took is logged at INFO level.
+
+    Returns:
+        The bytes of the files this process wrote.
 
     Raises:
         OSError: If a file cannot be read or the manifest written.
@@ -226,13 +229,15 @@ def write_shared(step_dir: epath.PathLike, step: int, coordinator: Coordinator) 
     parts = coordinator.gather("manifest", step, json.dumps(mine))
     if coordinator.process_index == 0:
         write(step_dir, {k: v for part in parts for k, v in json.loads(part).items()})
+    nbytes = sum(entry["size"] for entry in mine.values())
     logging.info(
         "checkpointing: manifest of %s: this process checksummed %d files, %d bytes, in %.3fs",
         step_dir,
         len(mine),
-        sum(entry["size"] for entry in mine.values()),
+        nbytes,
         time.monotonic() - start,
     )
+    return nbytes
 
 
 def share_of(sizes: dict[str, int], part: tuple[int, int]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +13,7 @@ from absl import logging
 from etils import epath
 from orbax.checkpoint import v1 as ocp
 
-from checkpointing import layout, manifest
+from checkpointing import events, layout, manifest
 from checkpointing.coordination import Coordinator, next_instance
 from checkpointing.manifest import CheckpointCorruptError
 from checkpointing.metadata import Progress, StepRecord, Topology, Versions, flatten_with_paths
@@ -93,6 +94,16 @@ def restore(
             (a ValueError listing every differing variable with both shapes).
         ValueError: If `step` is not committed.
     """
+    started = time.monotonic()
+    restored = _restore_step(directory, model, step, verify=verify)
+    events.emit("restore", step=step, seconds=round(time.monotonic() - started, 3))
+    return restored
+
+
+def _restore_step(
+    directory: epath.PathLike, model: keras.Model, step: int, *, verify: bool
+) -> Restored:
+    """`restore` without its event."""
     path = layout.step_path(directory, step)
     _prepare(model)
     if not verify:
@@ -198,6 +209,17 @@ def restore_latest(
         OSError: If a step stays unreadable, or a damaged one cannot be moved
             aside (on every process).
     """
+    started = time.monotonic()
+    restored = _restore_latest(directory, model, timeout_s)
+    if restored is not None:
+        events.emit("restore", step=restored.step, seconds=round(time.monotonic() - started, 3))
+    return restored
+
+
+def _restore_latest(
+    directory: epath.PathLike, model: keras.Model, timeout_s: float
+) -> Restored | None:
+    """`restore_latest` without its event."""
     coordinator = Coordinator.create(str(directory), next_instance(), 0, timeout_s)
     steps = coordinator.committed_steps(directory)
     latest = steps[-1] if steps else None
@@ -225,7 +247,7 @@ def restore_latest(
             raise error
         return _apply(latest, *read)
     del read  # The latest step was damaged: drop what was read of it.
-    return restore(directory, model, chosen, verify=False)
+    return _restore_step(directory, model, chosen, verify=False)
 
 
 def _move_aside(

@@ -11,15 +11,18 @@ resume), anything else a failure (see the process' log).
 
 from __future__ import annotations
 
-import os
 import time
+
+_STARTED = time.time()  # The run's event log starts here (launcher/events.py).
+
+import os  # noqa: E402
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from launcher import distributed, logs, outcome, summary, usage, workdir  # noqa: E402
+from launcher import distributed, events, logs, outcome, summary, usage, workdir  # noqa: E402
 from launcher.exits import usage_exit  # noqa: E402
 from trainer import console  # noqa: E402  (Keras-free)
 
@@ -47,11 +50,13 @@ def main(argv: list[str]) -> None:
         run_dir = workdir.writable(_WORKDIR.value)
     except workdir.WorkdirError as e:
         usage_exit(str(e))
+    recorder = events.record(_STARTED)
     distributed.initialize(dist)
     import jax  # noqa: PLC0415  (after the JAX configuration above)
 
     log_dir = workdir.log_dir(_WORKDIR.value, _LOGDIR.value)
     log_path = logs.setup(jax.process_index(), log_dir)
+    events.joined(recorder, run_dir, dist.init_timeout_s)
     usage.check_on_devices(config, dist.heartbeat_timeout_s)
     logging.info("%s; log file %s", distributed.topology_line(dist.device_ids()), log_path)
     summary.show_start(config, run_dir, log_dir)

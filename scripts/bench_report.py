@@ -94,7 +94,7 @@ def markdown(results: dict, png: str) -> str:
 
 
 def plot(results: dict, path: str) -> None:
-    import matplotlib.pyplot as plt  # A dev dependency; without a display it draws with Agg.
+    import matplotlib.pyplot as plt  # Without a display it draws with Agg.
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), width_ratios=(4, 3, 1.5))
     for ax, (question, title) in zip(axes, QUESTIONS.items(), strict=True):

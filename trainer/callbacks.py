@@ -9,6 +9,7 @@ import keras
 from absl import logging
 from etils import epath
 
+from checkpointing import events
 from checkpointing.metadata import scalar_logs
 from trainer.records import JsonLines
 
@@ -161,6 +162,86 @@ class MetricsLogger(StepRecords):
             record["epoch"],
             " ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
         )
+
+
+class StepEvents(keras.callbacks.Callback):
+    """Emits the trainer's events (`checkpointing.events`) for the run's event log.
+
+    `fit_begun` and `eval_begun`/`eval_done` in the training thread;
+    `compiled` (the first step of the process) and `step` (every `log_every`
+    optimizer steps) from `on_train_batch_end`, which Keras runs on its
+    thread pool once the step's logs are ready: no device wait is added. The
+    step is counted on the host (the optimizer's counter is read once per
+    `fit`); batch ends are passed in step order (one that ends early waits
+    for the earlier ones), each with the time it ended, and the last step of
+    each `fit` is emitted at its end. Every process runs it (each writes its
+    own log). Keras calls `on_train_batch_end` once per `steps_per_execution`
+    batches; `step` counts optimizer updates (batches // `accumulation`).
+    """
+
+    async_safe = True
+
+    def __init__(self, log_every: int, accumulation: int = 1, steps_per_execution: int = 1):
+        super().__init__()
+        self._log_every = log_every
+        self._accumulation = accumulation
+        self._stride = steps_per_execution
+        self._lock = threading.Lock()
+        self._compiled = False
+        self._emitted = -1  # The last step emitted.
+        self._latest: tuple[int, float] | None = None  # (step, time) of the latest batch passed.
+        self._base = 0  # Batches before this fit.
+        self._first_epoch: int | None = None
+        self._epoch_base = 0  # Batches before the epoch.
+        self._ended: dict[int, float] = {}  # Batch ends (in the epoch) not yet passed: time.
+        self._next = steps_per_execution - 1  # The next batch end to pass.
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        self._base = int(getattr(optimizer, "_iterations", optimizer.iterations))
+        self._first_epoch, self._epoch_base = None, self._base
+        events.emit("fit_begun", step=self._base // self._accumulation)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        with self._lock:  # Keras has waited for the previous epoch's batch ends.
+            if self._first_epoch is None:
+                self._first_epoch = epoch
+            per_epoch = self.params.get("steps") or 0  # fit's steps_per_epoch.
+            self._epoch_base = self._base + (epoch - self._first_epoch) * per_epoch
+            self._ended, self._next = {}, self._stride - 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.time()
+        with self._lock:
+            self._ended[batch] = now
+            while self._next in self._ended:  # Every batch up to here has ended.
+                ended_at = self._ended.pop(self._next)
+                step = (self._epoch_base + self._next + 1) // self._accumulation
+                self._next += self._stride
+                self._latest = (step, ended_at)
+                if not self._compiled:
+                    self._compiled = True
+                    self._emitted = step
+                    events.emit("compiled", step=step, time=ended_at)
+                elif step // self._log_every > self._emitted // self._log_every:
+                    self._emitted = step
+                    events.emit("step", step=step, time=ended_at)
+
+    def on_train_end(self, logs=None):
+        with self._lock:  # Keras has waited for every batch end of this fit.
+            if self._latest is not None and self._latest[0] > self._emitted:
+                self._emitted = self._latest[0]
+                events.emit("step", step=self._latest[0], time=self._latest[1])
+
+    def _latest_step(self) -> int:
+        with self._lock:
+            return -1 if self._latest is None else self._latest[0]
+
+    def on_test_begin(self, logs=None):
+        events.emit("eval_begun", step=self._latest_step())
+
+    def on_test_end(self, logs=None):
+        events.emit("eval_done", step=self._latest_step())
 
 
 class SyncEvalSteps(keras.callbacks.Callback):

@@ -18,7 +18,7 @@ from checkpointing import layout
 from checkpointing.coordination import Coordinator
 from configs import validation
 from trainer import console, data, mesh, models, optim
-from trainer.callbacks import BoundStepsInFlight, MetricsLogger, SyncEvalSteps
+from trainer.callbacks import BoundStepsInFlight, MetricsLogger, StepEvents, SyncEvalSteps
 from trainer.preemption import Preempted, PreemptionWatch
 from trainer.profiling import Profile
 from trainer.progress import Progress
@@ -124,6 +124,8 @@ def build_callbacks(
             steps_per_execution=tr.steps_per_execution,
             accumulation=accumulation,
         ),
+        # Every process: the run's event log (launcher/events.py).
+        StepEvents(tr.log_every, accumulation, tr.steps_per_execution),
     ]
     if cpu_devices and jax.process_count() > 1:
         callbacks.append(SyncEvalSteps())

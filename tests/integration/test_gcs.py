@@ -17,6 +17,7 @@ import time
 import pytest
 from etils import epath
 
+from launcher import report
 from tests.gcs_emulator import BUCKET, gcs  # noqa: F401  (the fixture)
 from tests.helpers import LM, REPO, env, finals, launcher_pids, simulate
 
@@ -192,3 +193,15 @@ def test_tensorboard_event_files_and_the_profile_are_objects(scenario, tmp_path)
     (trace,) = epath.Path(f"{WORKDIR}/profile/process_0/plugins/profile").iterdir()
     names = sorted(p.name for p in trace.iterdir())
     assert "perfetto_trace.json.gz" in names and any(n.endswith(".xplane.pb") for n in names)
+
+
+def test_goodput_report_reads_the_events_on_gs(scenario):
+    assert scenario["moved"].returncode == 0
+    # The killed launch's process 0 may have died before its first rewrite
+    # (every 30 s on gs://); the relaunch and the move ended and flushed.
+    summary = report.summarize(WORKDIR)
+    assert 2 <= len(summary.launches) <= 3
+    relaunch, moved = summary.launches[-2:]
+    assert (relaunch.code, relaunch.last_step) == (0, 24)
+    assert (moved.code, moved.restored, moved.last_step) == (0, 24, 32)
+    assert sum(summary.seconds.values()) == pytest.approx(summary.total_s, rel=0.02)
