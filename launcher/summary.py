@@ -111,11 +111,16 @@ def start_line(
 def goodput(workdir: epath.PathLike) -> float | None:
     """The run's goodput (0 to 1) across every launch of `workdir`, or None if unknown.
 
-    The hook for the run's event log report: when `launcher.report` is
-    there, this returns `launcher.report.summarize(workdir).goodput`.
+    From the run's event log (`launcher.report.summarize`), read before this
+    launch's `end` event: its last event so far ends it. None when the log
+    holds no finished step yet (`ReportError`).
     """
-    del workdir  # Unused until the report is wired here.
-    return None
+    from launcher import report  # noqa: PLC0415  (matplotlib is imported only to draw)
+
+    try:
+        return report.summarize(workdir).goodput
+    except report.ReportError:
+        return None
 
 
 def end_lines(

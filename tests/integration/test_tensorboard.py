@@ -60,6 +60,12 @@ def test_event_files_hold_the_metrics_of_metrics_jsonl(run):
         assert rate == pytest.approx(16 / times[step], rel=1e-5)
     for step, rate in train["perf/tokens_per_s"]:
         assert rate == pytest.approx(16 * 32 / times[step], rel=1e-5)
+    # Checkpoint events (checkpointing.events), at the saved and restored steps.
+    assert [int(v) for _, v in train["checkpoint/committed_step"]] == [4, 8, 12, 16]
+    assert [s for s, _ in train["checkpoint/committed_step"]] == [4, 8, 12, 16]
+    assert [s for s, _ in train["checkpoint/blocked_ms"]] == [4, 8, 12, 16]
+    assert all(v > 0 for _, v in train["checkpoint/bytes"])
+    assert [s for s, _ in train["checkpoint/restore_s"]] == [8]
 
 
 def test_profile_of_the_chosen_steps_is_written_and_parses(run):
