@@ -121,8 +121,13 @@ def _describe(index: int, returncode: int) -> str:
 
 
 def routine(line: str) -> bool:
-    """Whether a line printed outside of logging comes with normal operation."""
-    return "connected" in line and line.strip() != "" and not _GLOO_PIECES.sub("", line)
+    """Whether a line printed outside of logging comes with normal operation.
+
+    Blank lines are (gloo's interleaved pieces leave some behind).
+    """
+    if not line.strip():
+        return True
+    return "connected" in line and not _GLOO_PIECES.sub("", line)
 
 
 def flag_value(args: Sequence[str], *names: str) -> str | None:
