@@ -187,10 +187,15 @@ class OrbaxCheckpoint(MonitorCallback):
                 stacklevel=2,
             )
         if latest is not None:
-            record = layout.read_record(layout.step_dir(self.directory, latest))
-            stored = None if record is None else record.callback_state.get("best")
-            if stored is not None and record.callback_state.get("monitor") == self.monitor:
+            stored = coordinator.by_process_0(
+                "resumed_best",
+                lambda: self._stored_best(latest),
+                f"read the record of step {latest} of {self.directory}",
+            )
+            if stored is not None:
                 self.best = stored  # Resume: the run's best so far wins.
+        # Steps never written over (retention alone deletes), from the same listing.
+        self._committed_at_start = set(committed)
         self._epoch = 0
         self._batches_in_epoch = 0
         self._epoch_done = False
@@ -202,6 +207,13 @@ class OrbaxCheckpoint(MonitorCallback):
             else saving_lib._serialize_model_as_json(model)[0]
         )
         self._writer = writer.BackgroundWriter(coordinator)
+
+    def _stored_best(self, step: int) -> float | None:
+        """The best value stored with `step`, if it was for this callback's monitor."""
+        record = layout.read_record(layout.step_dir(self.directory, step))
+        if record is None or record.callback_state.get("monitor") != self.monitor:
+            return None
+        return record.callback_state.get("best")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -353,7 +365,7 @@ class OrbaxCheckpoint(MonitorCallback):
         step = int(model.optimizer.iterations)
         if step == self._last_saved_step:
             return  # Saved already.
-        if any(c.step == step for c in self.checkpointer.checkpoints):
+        if step in self._committed_at_start:
             # Committed steps are never overwritten (retention alone deletes).
             warnings.warn(
                 f"{self.directory} already holds a step {step}; not saving over it.",

@@ -14,6 +14,8 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from absl import flags, logging
@@ -191,31 +193,42 @@ class Coordinator:
             _client().key_value_delete(f"{prefix}/")
         return shared
 
-    def committed_steps(self, directory) -> list[int]:
-        """Process 0's listing of the committed steps of `directory`, on every process.
+    def by_process_0(self, name: str, compute: Callable[[], Any], what: str) -> Any:
+        """`compute()` run on process 0 alone, its JSON-able result on every process.
 
-        One listing (process 0's) and one share: processes never act on
-        listings that differ (a file system that caches directory entries
-        per host, such as NFS, can show a step to one host and not yet to
-        another). Shared even when the listing fails, so that no process
-        waits for it; the failure is raised on every process.
+        One share; shared even when `compute` fails, so that no process waits
+        for it: the error is raised on every process (process 0's own, an
+        OSError naming it elsewhere). Processes then act on one reading of
+        the file system, never on readings that differ (a file system that
+        caches directory entries per host, such as NFS, can show a step to
+        one host and not yet to another).
 
-        Raises:
-            OSError: If process 0 could not list `directory` (or its error).
+        Args:
+            name: What is decided (part of the key; once per coordinator).
+            compute: Runs on process 0 only.
+            what: For the error message ("list the steps of DIR").
         """
-        listed, failure = [], None
+        value, failure = None, None
         if self.process_index == 0:
             try:
-                listed = [found.step for found in layout.committed_steps(directory)]
+                value = compute()
             except Exception as e:  # noqa: BLE001 - raised below, once shared.
                 failure = e
-        shared = self.share("committed_steps", 0, json.dumps(repr(failure) if failure else listed))
+        error = None if failure is None else repr(failure)
+        shared = json.loads(self.share(name, 0, json.dumps({"value": value, "error": error})))
         if failure is not None:
             raise failure
-        steps = json.loads(shared)
-        if isinstance(steps, str):
-            raise OSError(f"process 0 could not list the steps of {directory}: {steps}")
-        return steps
+        if shared["error"] is not None:
+            raise OSError(f"process 0 could not {what}: {shared['error']}")
+        return shared["value"]
+
+    def committed_steps(self, directory) -> list[int]:
+        """Process 0's listing of the committed steps of `directory`, on every process."""
+        return self.by_process_0(
+            "committed_steps",
+            lambda: [found.step for found in layout.committed_steps(directory)],
+            f"list the steps of {directory}",
+        )
 
     def gather(self, name: str, step: int, value: str) -> list[str]:
         """Every process' `value`, in process order, on process 0 (others get []).

@@ -2,10 +2,16 @@
 
 A listener is a callable `listener(kind, fields)`; `fields` is a dict of
 plain values (ints, floats, strings) that always holds `time` (seconds since
-the epoch, `time.time()`); a listener knows its own process. Listeners are called synchronously in
-the emitting thread, which may be the training thread or the background
-writer, so they must be quick and thread-safe; an exception raised by one
-propagates to the emitter (errors are never swallowed).
+the epoch, `time.time()`); a listener knows its own process. Listeners are
+called synchronously in the emitting thread, which may be the training
+thread, Keras' thread pool or the background writer, so they must be quick
+and thread-safe.
+
+A listener that raises is removed, and its error logged (absl error, with
+the traceback) and kept (`failures()`, which the launcher's summary shows):
+reporting is not training, and an error raised into the emitter would stop
+one process alone in the middle of a save or a step while the others wait
+for it at the next barrier, or turn a committed step into a failed write.
 
 Kinds emitted by this package (each with the fields listed):
 
@@ -34,10 +40,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from absl import logging
+
 Listener = Callable[[str, dict[str, Any]], None]
 
 _lock = threading.Lock()
 _listeners: list[Listener] = []
+_failures: list[str] = []
 
 
 def subscribe(listener: Listener) -> Callable[[], None]:
@@ -61,4 +70,23 @@ def emit(kind: str, **fields: Any) -> None:
         return
     record = {"time": time.time(), **fields}
     for listener in listeners:
-        listener(kind, record)
+        try:
+            listener(kind, record)
+        except Exception as e:  # noqa: BLE001 - logged, kept, and the listener removed.
+            _fail(listener, kind, e)
+
+
+def _fail(listener: Listener, kind: str, error: Exception) -> None:
+    name = getattr(listener, "__qualname__", type(listener).__qualname__)
+    message = f"{name} failed on event {kind!r} and stopped listening: {error!r}"
+    logging.exception("events: %s", message)
+    with _lock:
+        if listener in _listeners:
+            _listeners.remove(listener)
+        _failures.append(message)
+
+
+def failures() -> list[str]:
+    """The listeners that raised (one line each), in order; [] if none did."""
+    with _lock:
+        return list(_failures)

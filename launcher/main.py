@@ -62,7 +62,9 @@ def main(argv: list[str]) -> None:
     summary.show_start(config, run_dir, log_dir)
     from trainer.train import train  # noqa: PLC0415  (imports Keras with the JAX backend)
 
-    outcome.run(lambda: summary.show_end(config, run_dir, train(config, run_dir), started))
+    outcome.run(
+        lambda: summary.show_end(config, run_dir, train(config, run_dir), started, recorder.flush)
+    )
 
 
 if __name__ == "__main__":

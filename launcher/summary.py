@@ -11,8 +11,9 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 
-from absl import flags
+from absl import flags, logging
 from etils import epath
 from ml_collections import config_flags
 
@@ -48,14 +49,31 @@ def show_start(config, run_dir: epath.Path, log_dir: str) -> None:
     )
 
 
-def show_end(config, run_dir: epath.Path, result, started: float) -> None:
-    """The summary on process 0 of a finished `trainer.train` (its `TrainResult`)."""
+def show_end(
+    config, run_dir: epath.Path, result, started: float, flush_events: Callable[[], None]
+) -> None:
+    """The summary on process 0 of a finished `trainer.train` (its `TrainResult`).
+
+    Every process first warns of the event listeners that failed (event log,
+    TensorBoard, progress: `checkpointing.events.failures`). The summary is
+    reporting: what fails in it is a warning, the run's outcome stays.
+
+    Args:
+        flush_events: Writes this launch's events so far (on gs:// they are
+            otherwise rewritten every 30 s), before the goodput is read.
+    """
     import jax  # noqa: PLC0415
 
-    from checkpointing import layout  # noqa: PLC0415  (imports Keras)
+    from checkpointing import events, layout  # noqa: PLC0415  (imports Keras)
 
+    for failure in events.failures():
+        logging.warning("reporting incomplete: %s", failure)
     if jax.process_index() != 0:
         return
+    try:
+        flush_events()
+    except Exception as e:  # noqa: BLE001 - shown; the goodput then misses the last events.
+        logging.warning("could not write the event log before the summary: %r", e)
     end_lines(
         start_step=result.start_step,
         final_step=result.final_step,
@@ -120,6 +138,9 @@ def goodput(workdir: epath.PathLike) -> float | None:
     try:
         return report.summarize(workdir).goodput
     except report.ReportError:
+        return None
+    except Exception as e:  # noqa: BLE001 - shown; training's outcome stays.
+        logging.warning("goodput unavailable: %r", e)
         return None
 
 

@@ -116,6 +116,14 @@ def build_callbacks(
         preemption,
         # Before the loggers: it adds `learning_rate` to the logs they write.
         optim.LearningRateLogger(optim.schedule(config.optimizer, total_steps)),
+    ]
+    if config.checkpoint.enabled:
+        # Before the loggers: a logger that raises on Keras' thread pool makes
+        # Keras skip the callbacks after it, and a save waits for its batch's logs.
+        callbacks.append(
+            _checkpoint_callback(config, workdir / "checkpoints", tr.steps_per_epoch, data_state)
+        )
+    callbacks += [
         MetricsLogger(
             workdir / "metrics.jsonl",
             log_every=tr.log_every,
@@ -129,10 +137,6 @@ def build_callbacks(
     ]
     if cpu_devices and jax.process_count() > 1:
         callbacks.append(SyncEvalSteps())
-    if config.checkpoint.enabled:
-        callbacks.append(
-            _checkpoint_callback(config, workdir / "checkpoints", tr.steps_per_epoch, data_state)
-        )
     if tr.tensorboard and is_primary:
         # After the checkpoint callback: its end (the final save) comes first.
         seq_len = config.data.kwargs.get("seq_len")

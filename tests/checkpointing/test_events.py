@@ -1,6 +1,7 @@
 """What the checkpointing library and the trainer's StepEvents emit (checkpointing.events)."""
 
 import threading
+import time
 
 import pytest
 
@@ -38,6 +39,7 @@ def test_saves_commits_and_the_restore_are_emitted(tmp_path, emitted):
         verbose=0,
         callbacks=[callback, StepEvents(log_every=3)],
     )
+    ended = time.time()
     kinds = [kind for kind, _, _ in emitted]
     by_kind = {}
     for kind, fields, thread in emitted:
@@ -57,7 +59,7 @@ def test_saves_commits_and_the_restore_are_emitted(tmp_path, emitted):
     assert [f["step"] for f, _ in by_kind["step"]] == [3, 6, 9, 12, 15, 16]
     # Each with the time its batch end ran (Keras' thread pool: not always in order).
     begun = by_kind["fit_begun"][0][0]["time"]
-    assert all(begun < f["time"] <= emitted[-1][1]["time"] for f, _ in by_kind["step"])
+    assert all(begun < f["time"] <= ended for f, _ in by_kind["step"])
     assert kinds.index("save_begun") < kinds.index("save_blocked")
 
     emitted.clear()
@@ -81,3 +83,29 @@ def test_step_events_count_steps_across_fits(emitted):
         ("fit_begun", 8),
         *[("step", s) for s in (10, 12, 14, 16)],
     ]
+
+
+def test_a_listener_that_raises_is_removed_logged_and_listed_and_the_save_commits(
+    tmp_path, emitted, caplog
+):
+    calls = []
+
+    def broken(kind, fields):
+        calls.append(kind)
+        raise OSError(28, "No space left on device (injected)")
+
+    before = len(events.failures())
+    events.subscribe(broken)
+    model = make_model()
+    x, y = make_data(128)
+    callback = checkpointing.OrbaxCheckpoint(tmp_path / "ckpt", save_freq=4, max_to_keep=5)
+    model.fit(x, y, batch_size=BATCH, epochs=1, callbacks=[callback], verbose=0)
+
+    assert calls == ["save_begun"]  # Called once, then removed.
+    (failure,) = events.failures()[before:]
+    assert "broken failed on event 'save_begun'" in failure and "No space left" in failure
+    assert "No space left on device (injected)" in caplog.text
+    # The other listeners went on hearing every save, and every save committed.
+    committed = [f["step"] for kind, f, _ in emitted if kind == "save_committed"]
+    assert committed == [4, 8]
+    assert [i.step for i in checkpointing.list_steps(tmp_path / "ckpt")] == [4, 8]

@@ -64,3 +64,19 @@ def test_start_line_names_topology_config_and_workdir(caplog):
         "podfit: 240 steps of configs/lm.py on 32 tpu devices (4 processes x 8); "
         "workdir gs://b/run; logs /tmp/podfit/gs/b/run/logs/process_N.log"
     ]
+
+
+def test_goodput_is_none_with_a_warning_when_the_report_fails(monkeypatch, tmp_path, caplog):
+    from launcher import report
+
+    def failing(workdir):
+        raise KeyError("step")
+
+    monkeypatch.setattr(report, "summarize", failing)
+    assert summary.goodput(epath.Path(tmp_path)) is None
+    assert "goodput unavailable: KeyError('step')" in caplog.text
+    # No events at all is not a warning: nothing to report yet.
+    monkeypatch.undo()
+    caplog.clear()
+    assert summary.goodput(epath.Path(tmp_path)) is None
+    assert "goodput unavailable" not in caplog.text
