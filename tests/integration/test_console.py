@@ -105,7 +105,8 @@ def test_a_failing_process_shows_its_error_and_which_process(tmp_path):
     )  # fmt: skip
     assert r.returncode == 1, r.stdout[-3000:]
     lines = r.stdout.splitlines()
-    assert lines[-1] == "simulate: process 1 exited 1; stopped the others", r.stdout[-3000:]
+    # The first to exit: process 1, or process 0 whose collective with it broke just before.
+    assert re.fullmatch(r"simulate: process [01] exited 1; stopped the others", lines[-1]), r.stdout[-3000:]  # fmt: skip
     errors = [x for x in lines if x.startswith("[p1] E") and "training failed on process 1" in x]
     assert errors, r.stdout[-3000:]
     assert any(
