@@ -53,7 +53,10 @@ def encoder(path: str | None):
             return sp.encode, sp.get_piece_size()
         import tokenizers  # noqa: PLC0415
 
-        tok = tokenizers.Tokenizer.from_file(path)
+        try:
+            tok = tokenizers.Tokenizer.from_file(path)
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception.
+            _usage(f"--tokenizer is not a tokenizers JSON file ({e}). Received: --tokenizer={path}")
         return (lambda text: tok.encode(text).ids), tok.get_vocab_size()
     except ImportError as e:
         _usage(

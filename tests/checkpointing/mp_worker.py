@@ -112,10 +112,10 @@ def main() -> int:
             if args.mode == "fail" and jax.process_index() == 1:
                 original = callback._write
 
-                def failing_write(step, payload, metrics):
+                def failing_write(step, *args):
                     if step >= 8:
                         raise OSError(f"injected write failure at step {step}")
-                    original(step, payload, metrics)
+                    original(step, *args)
 
                 callback._write = failing_write
             callbacks = [callback]

@@ -183,7 +183,8 @@ def test_each_pod_as_a_local_process_trains_and_commits(kind, tmp_path):
                 p.wait(timeout=30)
     logs = [(tmp_path / f"pod_{c.index}.out").read_text()[-3000:] for c in commands]
     assert codes == [0, 0], logs
-    assert "process 1/2" in logs[1], logs[1]  # Joined as process 1 of 2: the index expanded.
+    # Joined as process 1 of 2: the index expanded (its log file has the topology line).
+    assert "process 1/2" in (workdir / "logs" / "process_1.log").read_text(), logs[1]
     assert committed_steps(workdir) == [8], committed_steps(workdir)
     done = finals(workdir)
     assert len(done) == 2 and done[0]["weights_sha256"] == done[1]["weights_sha256"], done

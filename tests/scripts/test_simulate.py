@@ -265,12 +265,23 @@ ESC = "\x1b[K"
 
 
 def test_gloo_pieces_and_blank_lines_are_routine_other_lines_not():
-    sys.path.insert(0, str(SIMULATE.parent))
-    import simulate  # noqa: PLC0415
-
     # gloo's lines as its C++ threads interleave them (seen in a 2 x 4 run).
-    assert simulate.routine("[Gloo] Rank 1 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1")  # fmt: skip
-    assert simulate.routine("3 is connected to 3 peer ranks. Expected number of connected peer ranks is : 3[Gloo] Rank 2 is connected to 3 peer ranks. Expected number of connected peer ranks is : 3")  # fmt: skip
-    assert simulate.routine("") and simulate.routine("   ")
-    assert not simulate.routine("Fatal Python error: Segmentation fault")
-    assert not simulate.routine("connected to the wrong host 10.0.0.1")
+    lines = [
+        "[Gloo] Rank 1 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1",
+        "3 is connected to 3 peer ranks. Expected number of connected peer ranks is : 3"
+        "[Gloo] Rank 2 is connected to 3 peer ranks. Expected number of connected peer ranks is : 3",
+        "",
+        "   ",
+        "Fatal Python error: Segmentation fault",
+        "connected to the wrong host 10.0.0.1",
+    ]
+    check = (
+        "import json, sys; sys.path.insert(0, 'scripts'); import simulate; "
+        "print(json.dumps([simulate.routine(x) for x in json.loads(sys.argv[1])]))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", check, json.dumps(lines)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [True, True, True, True, False, False]

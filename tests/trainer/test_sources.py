@@ -112,11 +112,42 @@ def test_tokenize_text_with_a_local_tokenizer_file(tmp_path):
     ids = np.load(out)
     assert ids.dtype == np.uint32 and ids.tolist() == [70001, 70002, 70003]
     # Without the package: one line, exit 2.
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    (missing / "tokenizers.py").write_text("raise ImportError('absent', name='tokenizers')\n")
+    r = subprocess.run(
+        [*args, f"--output={out}", f"--tokenizer={tmp_path}/tok.json"],
+        cwd=REPO, env={**env(), "PYTHONPATH": f"{missing}:{REPO}"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2 and "needs the 'tokenizers' package" in r.stderr, r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_tokenize_text_with_a_real_tokenizers_file(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")  # The `hub` extra (make setup installs it).
+    vocab = {"[UNK]": 0, "a": 1, "bb": 2, "ccc": 3}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tok.json"))
+    (tmp_path / "a.txt").write_text("a bb ccc dddd")
+    args = [sys.executable, "scripts/tokenize_text.py", f"--input={tmp_path}/a.txt"]
+    out = tmp_path / "t.npy"
     r = subprocess.run(
         [*args, f"--output={out}", f"--tokenizer={tmp_path}/tok.json"],
         cwd=REPO, env=env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert r.returncode == 2 and "needs the 'tokenizers' package" in r.stderr, r.stderr
+    assert r.returncode == 0, r.stderr
+    ids = np.load(out)
+    assert ids.dtype == np.uint16 and ids.tolist() == [1, 2, 3, 0]
+    # A file that is not a tokenizer: one line naming the flag, exit 2.
+    (tmp_path / "bad.json").write_text("{}")
+    r = subprocess.run(
+        [*args, f"--output={out}", f"--tokenizer={tmp_path}/bad.json"],
+        cwd=REPO, env=env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "--tokenizer is not a tokenizers JSON file" in r.stderr, r.stderr
 
 
 def test_array_record_files_written_by_the_script_read_back(tmp_path):
