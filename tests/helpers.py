@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -182,3 +183,14 @@ def reference_sha256(workdir: Path, *args: str) -> str:
     r = simulate(2, 2, *args, f"--workdir={workdir}")
     assert r.returncode == 0, r.stdout[-3000:]
     return finals(workdir)[0]["weights_sha256"]
+
+
+def largest_device_share(model) -> float:
+    """Largest bytes of parameters + optimizer state on one device / all of them."""
+    per_device = collections.Counter()
+    total = 0
+    for variable in [*model.weights, *model.optimizer.variables]:
+        total += variable.value.nbytes
+        for shard in variable.value.addressable_shards:
+            per_device[shard.device] += shard.data.nbytes
+    return max(per_device.values()) / total

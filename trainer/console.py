@@ -63,24 +63,23 @@ def bar_mode() -> bool:
     return stream().isatty()
 
 
-def show_bar(text: str) -> None:
-    """Draws `text` as the bar (in place of the previous one)."""
+def _draw(text: str, *, last: bool) -> None:
     global _bar_shown
     with _lock:
         out = stream()
-        out.write(f"{CLEAR}{text}\r")
+        out.write(CLEAR + text + ("\n" if last else "\r"))
         out.flush()
-        _bar_shown = True
+        _bar_shown = not last
+
+
+def show_bar(text: str) -> None:
+    """Draws `text` as the bar (in place of the previous one)."""
+    _draw(text, last=False)
 
 
 def end_bar(text: str) -> None:
     """Draws `text` as the bar's last state and leaves it on its own line."""
-    global _bar_shown
-    with _lock:
-        out = stream()
-        out.write(f"{CLEAR}{text}\n")
-        out.flush()
-        _bar_shown = False
+    _draw(text, last=True)
 
 
 def clear_bar() -> None:

@@ -1,7 +1,5 @@
 """layout_rules "auto": fully sharded data parallelism with or without tensor parallel rules."""
 
-import collections
-
 import keras
 import numpy as np
 import pytest
@@ -9,6 +7,7 @@ from absl import logging
 
 import checkpointing
 from configs import lm, validation
+from tests.helpers import largest_device_share
 from trainer import mesh, models, train
 
 MESH = ((4, 2), ("data", "model"))
@@ -49,25 +48,14 @@ def _lm(layout_rules, shape=MESH[0], names=MESH[1], **kwargs):
         return models.build(config)  # Optimizer slots built too.
 
 
-def _largest_device_share(model) -> float:
-    """Largest bytes of parameters + optimizer state on one device / all of them."""
-    per_device = collections.Counter()
-    total = 0
-    for variable in [*model.weights, *model.optimizer.variables]:
-        total += variable.value.nbytes
-        for shard in variable.value.addressable_shards:
-            per_device[shard.device] += shard.data.nbytes
-    return max(per_device.values()) / total
-
-
 def test_auto_shares_parameters_and_optimizer_state_over_the_mesh():
     rules = lm.get_config().mesh.layout_rules
     shares = {
-        "replicated": _largest_device_share(_lm(())),
-        "rules": _largest_device_share(_lm(rules)),
-        "auto": _largest_device_share(_lm(("auto",))),
-        "auto+rules": _largest_device_share(_lm(("auto", *rules))),
-        "auto on (8,)": _largest_device_share(_lm("auto", shape=(8,), names=("data",))),
+        "replicated": largest_device_share(_lm(())),
+        "rules": largest_device_share(_lm(rules)),
+        "auto": largest_device_share(_lm(("auto",))),
+        "auto+rules": largest_device_share(_lm(("auto", *rules))),
+        "auto on (8,)": largest_device_share(_lm("auto", shape=(8,), names=("data",))),
     }
     logging.info("largest per-device share of parameters + optimizer state: %s", shares)
     print("largest per-device share (configs/lm.py LM, (4, 2) mesh):", shares)

@@ -1,6 +1,5 @@
 """KerasHub models: sizes or a local preset, the backbone's own layouts, "auto" on top."""
 
-import collections
 import os
 import sys
 
@@ -17,6 +16,7 @@ except ImportError:
     pytest.skip("needs the .[hub] extra (README, KerasHub)", allow_module_level=True)
 
 from configs import gemma, validation
+from tests.helpers import largest_device_share
 from trainer import hub, mesh, models, train
 
 MESH = ((4, 2), ("data", "model"))
@@ -107,25 +107,14 @@ def test_backbone_entry_needs_a_model_with_layouts_and_a_model_axis():
     assert config(good, num_devices=8, num_processes=2) == (4, 2)
 
 
-def _largest_device_share(model) -> float:
-    """Largest bytes of parameters + optimizer state on one device / all of them."""
-    per_device = collections.Counter()
-    total = 0
-    for variable in [*model.weights, *model.optimizer.variables]:
-        total += variable.value.nbytes
-        for shard in variable.value.addressable_shards:
-            per_device[shard.device] += shard.data.nbytes
-    return max(per_device.values()) / total
-
-
 def test_auto_with_the_layout_map_holds_at_most_a_sixth_per_device():
     shares = {}
     for family, sizes in SMALL.items():
         config = _config(family, None, **sizes)
         shares[family] = {
-            "replicated": _largest_device_share(_build(config, (), (8,), ("data",))),
-            "get_layout_map": _largest_device_share(_build(config, ())),
-            "auto+get_layout_map": _largest_device_share(_build(config, ("auto",))),
+            "replicated": largest_device_share(_build(config, (), (8,), ("data",))),
+            "get_layout_map": largest_device_share(_build(config, ())),
+            "auto+get_layout_map": largest_device_share(_build(config, ("auto",))),
         }
     logging.info("largest per-device share of parameters + optimizer state: %s", shares)
     print("largest per-device share (KerasHub backbones, (4, 2) mesh):", shares)
