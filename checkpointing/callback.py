@@ -187,11 +187,8 @@ class OrbaxCheckpoint(MonitorCallback):
                 stacklevel=2,
             )
         if latest is not None:
-            stored = coordinator.by_process_0(
-                "resumed_best",
-                lambda: self._stored_best(latest),
-                f"read the record of step {latest} of {self.directory}",
-            )
+            # Every process reads it: Orbax's load ends at a barrier of all processes.
+            stored = self._stored_best(latest)
             if stored is not None:
                 self.best = stored  # Resume: the run's best so far wins.
         # Steps never written over (retention alone deletes), from the same listing.
