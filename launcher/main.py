@@ -23,8 +23,6 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from launcher import distributed, events, logs, outcome, summary, usage, workdir  # noqa: E402
-from launcher.exits import usage_exit  # noqa: E402
-from trainer import console  # noqa: E402  (Keras-free)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/lm.py or configs/lm.py:tiny."
@@ -42,14 +40,7 @@ def main(argv: list[str]) -> None:
     config, dist = _CONFIG.value, distributed.DistributedFlags.from_flags()
     logs.early(dist.process_id)
     usage.check_command_line(argv, config, dist.check, dist.num_processes)
-    try:
-        console.bar_mode()  # PODFIT_PROGRESS, if set, is bar or lines.
-    except ValueError as e:
-        usage_exit(str(e))
-    try:
-        run_dir = workdir.writable(_WORKDIR.value)
-    except workdir.WorkdirError as e:
-        usage_exit(str(e))
+    run_dir = workdir.writable_or_exit(_WORKDIR.value)
     recorder = events.record(_STARTED)
     distributed.initialize(dist)
     import jax  # noqa: PLC0415  (after the JAX configuration above)
@@ -62,9 +53,7 @@ def main(argv: list[str]) -> None:
     summary.show_start(config, run_dir, log_dir)
     from trainer.train import train  # noqa: PLC0415  (imports Keras with the JAX backend)
 
-    outcome.run(
-        lambda: summary.show_end(config, run_dir, train(config, run_dir), started, recorder.flush)
-    )
+    outcome.run(lambda: summary.show_end(config, run_dir, train(config, run_dir), started, recorder.flush))  # fmt: skip
 
 
 if __name__ == "__main__":

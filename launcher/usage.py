@@ -6,6 +6,7 @@ from absl import flags
 
 from configs.validation import ConfigError, validate
 from launcher.exits import usage_exit
+from trainer import console  # Keras-free
 
 
 class UsageError(ValueError):
@@ -47,7 +48,8 @@ def check_command_line(argv: list[str], config, check_flags, num_processes: int 
     try:
         check_flags()
         validate(config, num_processes=num_processes)
-    except (UsageError, ConfigError) as e:
+        console.bar_mode()  # PODFIT_PROGRESS, if set, is bar or lines.
+    except (UsageError, ConfigError, ValueError) as e:
         usage_exit(str(e))
     except OSError as e:  # config_flags defers a config file it could not load.
         usage_exit(f"--config: {last_line(e)}")

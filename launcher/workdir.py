@@ -12,6 +12,8 @@ import uuid
 
 from etils import epath
 
+from launcher.exits import usage_exit
+
 
 class WorkdirError(Exception):
     """The workdir is missing or cannot be written: bad input, one line."""
@@ -40,6 +42,14 @@ def no_listing_cache() -> None:
 
     for protocol in ("gs", "gcs", "s3"):
         conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
+
+
+def writable_or_exit(workdir: str | None) -> epath.Path:
+    """`writable(workdir)`, or one line on stderr and exit 2 (bad input)."""
+    try:
+        return writable(workdir)
+    except WorkdirError as e:
+        usage_exit(str(e))
 
 
 def writable(workdir: str | None) -> epath.Path:

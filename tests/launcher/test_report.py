@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from launcher import events, report
+from launcher import events, report, report_png
 
 
 def _write(workdir, launch, records, process=0):
@@ -153,7 +153,7 @@ def test_main_prints_and_writes_a_png(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "goodput: 17.6%" in out
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [[s for s, _ in run] for run in report._loss_runs(tmp_path)] == [[1, 2], [5, 6]]
+    assert [[s for s, _ in run] for run in report_png._loss_runs(tmp_path)] == [[1, 2], [5, 6]]
 
 
 def test_recorder_keeps_events_until_open_then_appends_each_line(tmp_path):
