@@ -18,6 +18,8 @@ save_begun, save_blocked, save_committed, save_waited, restore):
   compilation included).
 - `step`: step (every `trainer.log_every` optimizer steps, and the last step
   of each `fit`; from Keras' thread pool, when the step's logs are ready).
+  `compiled` and `step` carry data_wait_s: the seconds this launch's training
+  thread has waited for batches so far (`trainer.data.DataWait`).
 - `eval_begun`, `eval_done`: step (validation inside `fit`).
 - `preempted`: step (training stopped at an agreed step after a SIGTERM).
 - `failed`: error (an exception ended training).

@@ -21,6 +21,9 @@ end. Every second of that wall time is in exactly one category:
 - checkpoint restore (UNPRODUCTIVE_CHECKPOINT_RESTORE_TIME);
 - compilation (PROGRAM_STARTUP): from `fit` to the end of the launch's first
   step (tracing, compilation and that one step);
+- data loading (DATA_LOADING_SYNC): the counted steps' wait for their
+  batches (the training thread in the pipeline's `next`, `data_wait_s` of the
+  step events; see `trainer.data.DataWait`), taken out of their step time;
 - checkpoint save, blocking (UNPRODUCTIVE_CHECKPOINT_SAVE_TIME): the
   training thread waiting for a save (snapshot, hand-off, the previous write,
   the final write at the end of `fit`); background writes are not badput;
@@ -32,11 +35,11 @@ end. Every second of that wall time is in exactly one category:
 - other (OTHER): after a launch's last step to its end (the final digest,
   files, a preemption's or failure's exit), less its saves.
 
-Data loading (DATA_LOADING_SYNC) is not measured separately: a step waiting
-for its batch is step time. Steps are recorded every `trainer.log_every`
-steps (and at the end of each `fit`): a launch killed between two records
-counts its steps up to the last record, and the time after it as "between
-launches".
+Wasted steps keep their data wait (all of their time is wasted progress).
+The timeline draws data loading inside the steps' bars (it is spread over
+them). Steps are recorded every `trainer.log_every` steps (and at the end of
+each `fit`): a launch killed between two records counts its steps up to the
+last record, and the time after it as "between launches".
 
 Bad input (a missing workdir, no events): one line, exit 2.
 """
@@ -57,6 +60,7 @@ CATEGORIES = (
     ("training preparation", "TRAINING_PREP"),
     ("checkpoint restore", "UNPRODUCTIVE_CHECKPOINT_RESTORE_TIME"),
     ("compilation", "PROGRAM_STARTUP"),
+    ("data loading", "DATA_LOADING_SYNC"),
     ("checkpoint save, blocking", "UNPRODUCTIVE_CHECKPOINT_SAVE_TIME"),
     ("evaluation", "CUSTOM_BADPUT_EVENTS"),
     ("wasted progress", "WASTED_PROGRESS_FROM_DISRUPTION"),
@@ -64,7 +68,7 @@ CATEGORIES = (
     ("other", "OTHER"),
 )
 GOODPUT = "goodput"
-_INIT, _PREP, _RESTORE, _COMPILE, _SAVE, _EVAL, _WASTED, _BETWEEN, _OTHER = (
+_INIT, _PREP, _RESTORE, _COMPILE, _DATA, _SAVE, _EVAL, _WASTED, _BETWEEN, _OTHER = (
     name for name, _ in CATEGORIES
 )
 
@@ -195,9 +199,6 @@ class Report:
             seconds = self.seconds[name]
             share = 100 * seconds / self.total_s if self.total_s > 0 else 0.0
             out.append(f"  {name:<26} {seconds:8.1f}s {share:5.1f}%  ({kind})")
-        out.append(
-            "data loading is not measured separately: a step waiting for its batch is step time."
-        )
         return out
 
 
@@ -255,28 +256,45 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
 
 
 class _Steps:
-    """Wall time at a step: linear between the recorded (step, time) samples."""
+    """Wall time and data wait at a step: linear between the recorded samples.
 
-    def __init__(self, samples: list[tuple[int, float]]):
-        by_step: dict[int, float] = {}
-        for step, t in samples:
-            by_step[step] = min(t, by_step.get(step, t))
-        steps = sorted(by_step)
-        times, latest = [], float("-inf")
-        for step in steps:  # Times rise with the steps (thread-pool order aside).
-            latest = max(latest, by_step[step])
-            times.append(latest)
-        self.steps, self.times = steps, times
+    A sample is (step, time, data wait so far); both rise with the steps
+    (thread-pool order aside). Samples without a wait (event files of older
+    runs) count none.
+    """
 
-    def time_at(self, step: float) -> float:
-        steps, times = self.steps, self.times
+    def __init__(self, samples: list[tuple[int, float, float]]):
+        by_step: dict[int, tuple[float, float]] = {}
+        for step, t, wait in samples:
+            if step not in by_step or t < by_step[step][0]:
+                by_step[step] = (t, wait)
+        self.steps = sorted(by_step)
+        self.times = self._rising([by_step[step][0] for step in self.steps])
+        self.waits = self._rising([by_step[step][1] for step in self.steps])
+
+    @staticmethod
+    def _rising(values: list[float]) -> list[float]:
+        out, latest = [], float("-inf")
+        for value in values:
+            latest = max(latest, value)
+            out.append(latest)
+        return out
+
+    @staticmethod
+    def _at(steps: list[int], values: list[float], step: float) -> float:
         if step <= steps[0]:
-            return times[0]
+            return values[0]
         for i in range(1, len(steps)):
             if step <= steps[i]:
-                s0, s1, t0, t1 = steps[i - 1], steps[i], times[i - 1], times[i]
-                return t0 + (t1 - t0) * (step - s0) / (s1 - s0)
-        return times[-1]
+                s0, s1, v0, v1 = steps[i - 1], steps[i], values[i - 1], values[i]
+                return v0 + (v1 - v0) * (step - s0) / (s1 - s0)
+        return values[-1]
+
+    def time_at(self, step: float) -> float:
+        return self._at(self.steps, self.times, step)
+
+    def wait_at(self, step: float) -> float:
+        return self._at(self.steps, self.waits, step)
 
 
 def _kept_steps(launches: list[dict]) -> list[int]:
@@ -309,7 +327,11 @@ def _scan(name: str, events: list[dict]) -> dict:
     begun = first("fit_begun")
     compiled = first("compiled")
     restore = first("restore")
-    samples = [(e["step"], e["time"]) for e in events if e["kind"] in ("compiled", "step")]
+    samples = [
+        (e["step"], e["time"], e.get("data_wait_s", 0.0))
+        for e in events
+        if e["kind"] in ("compiled", "step")
+    ]
     committed = [e["step"] for e in events if e["kind"] == "save_committed"]
     intervals = []  # (category, t0, t1)
     if restore is not None:
@@ -341,7 +363,7 @@ def _scan(name: str, events: list[dict]) -> dict:
         "compiled": None if compiled is None else compiled["time"],
         "samples": samples,
         "first_step": first_step,
-        "last_step": max(s for s, _ in samples) if samples else None,
+        "last_step": max(sample[0] for sample in samples) if samples else None,
         "restored": None if restore is None else restore["step"],
         "committed": max(committed) if committed else None,
         "intervals": intervals,
@@ -393,7 +415,10 @@ def _account(launch: dict, kept: int) -> tuple[dict[str, float], list[tuple[str,
             seconds[category] += _overlap(compiled, last, t0, t1)
         first, last_step = steps.steps[0], steps.steps[-1]  # First: the compiled step.
         split = min(max(kept, first), last_step)
-        seconds[GOODPUT] += step_time(first, split)
+        counted = step_time(first, split)
+        waited = min(counted, max(0.0, steps.wait_at(split) - steps.wait_at(first)))
+        seconds[GOODPUT] += counted - waited
+        seconds[_DATA] += waited
         seconds[_WASTED] += step_time(split, last_step)
         t_split = steps.time_at(split)
         if t_split > compiled:

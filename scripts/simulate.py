@@ -123,11 +123,12 @@ def _describe(index: int, returncode: int) -> str:
 def routine(line: str) -> bool:
     """Whether a line printed outside of logging comes with normal operation.
 
-    Blank lines are (gloo's interleaved pieces leave some behind).
+    A line made of gloo's pieces only is, blank lines and bare numbers
+    included: its C++ threads print each line in pieces, and interleaved
+    pieces leave such lines behind (a bare number printed by the model goes
+    to the log file too, for the same reason).
     """
-    if not line.strip():
-        return True
-    return "connected" in line and not _GLOO_PIECES.sub("", line)
+    return not _GLOO_PIECES.sub("", line)
 
 
 def flag_value(args: Sequence[str], *names: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import keras
 from absl import logging
@@ -12,6 +13,9 @@ from etils import epath
 from checkpointing import events
 from checkpointing.metadata import scalar_logs
 from trainer.records import JsonLines
+
+if TYPE_CHECKING:
+    from trainer.data import DataWait
 
 
 class StepRecords(keras.callbacks.Callback):
@@ -177,13 +181,24 @@ class StepEvents(keras.callbacks.Callback):
     each `fit` is emitted at its end. Every process runs it (each writes its
     own log). Keras calls `on_train_batch_end` once per `steps_per_execution`
     batches; `step` counts optimizer updates (batches // `accumulation`).
+
+    With `data_wait`, `compiled` and `step` carry `data_wait_s`: the seconds
+    the training thread has waited for batches so far (read when the event
+    is emitted, so it may count a few batches in flight after the step).
     """
 
     async_safe = True
 
-    def __init__(self, log_every: int, accumulation: int = 1, steps_per_execution: int = 1):
+    def __init__(
+        self,
+        log_every: int,
+        accumulation: int = 1,
+        steps_per_execution: int = 1,
+        data_wait: DataWait | None = None,
+    ):
         super().__init__()
         self._log_every = log_every
+        self._data_wait = data_wait
         self._accumulation = accumulation
         self._stride = steps_per_execution
         self._lock = threading.Lock()
@@ -222,16 +237,23 @@ class StepEvents(keras.callbacks.Callback):
                 if not self._compiled:
                     self._compiled = True
                     self._emitted = step
-                    events.emit("compiled", step=step, time=ended_at)
+                    self._step_event("compiled", step, ended_at)
                 elif step // self._log_every > self._emitted // self._log_every:
                     self._emitted = step
-                    events.emit("step", step=step, time=ended_at)
+                    self._step_event("step", step, ended_at)
 
     def on_train_end(self, logs=None):
         with self._lock:  # Keras has waited for every batch end of this fit.
             if self._latest is not None and self._latest[0] > self._emitted:
                 self._emitted = self._latest[0]
-                events.emit("step", step=self._latest[0], time=self._latest[1])
+                self._step_event("step", *self._latest)
+
+    def _step_event(self, kind: str, step: int, ended_at: float) -> None:
+        if self._data_wait is None:
+            events.emit(kind, step=step, time=ended_at)
+        else:
+            wait = round(self._data_wait.seconds, 6)
+            events.emit(kind, step=step, time=ended_at, data_wait_s=wait)
 
     def _latest_step(self) -> int:
         with self._lock:

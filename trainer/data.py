@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -180,6 +182,58 @@ class Reading:
         return cls(data_config.read_threads, data_config.read_buffer, data_config.read_workers)
 
 
+class DataWait:
+    """Seconds the training thread waited for its batches, summed (data loading badput).
+
+    The time spent in the pipeline's `next`: with grain reading ahead in its
+    threads (or `mp_prefetch` workers), a batch that is ready costs next to
+    nothing, and what remains is the step waiting for the data.
+    """
+
+    def __init__(self):
+        self._seconds = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self._seconds += seconds
+
+    @property
+    def seconds(self) -> float:
+        with self._lock:
+            return self._seconds
+
+
+class _TimedIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, wait: DataWait):
+        super().__init__(parent)
+        self._wait = wait
+
+    def __next__(self):
+        began = time.perf_counter()
+        try:
+            return next(self._parent)
+        finally:
+            self._wait.add(time.perf_counter() - began)
+
+    def get_state(self):
+        return self._parent.get_state()
+
+    def set_state(self, state):
+        self._parent.set_state(state)
+
+
+class _Timed(grain.IterDataset):
+    """`parent`'s elements, unchanged; the time each `next` took is added to `wait`."""
+
+    def __init__(self, parent: grain.IterDataset, wait: DataWait):
+        super().__init__(parent)
+        self._wait = wait
+
+    def __iter__(self):
+        return _TimedIterator(self._parent.__iter__(), self._wait)
+
+
 def train_dataset(
     records,
     *,
@@ -189,11 +243,13 @@ def train_dataset(
     start_step: int,
     num_steps: int,
     reading: Reading | None = None,
+    wait: DataWait | None = None,
 ):
     """The local batches of global steps [start_step, start_step + num_steps).
 
     With `reading`, an iterable dataset that reads ahead as it says, in the
-    same order; without, the `MapDataset` (grain's default read-ahead).
+    same order; without, the `MapDataset` (grain's default read-ahead). With
+    `wait` (and `reading`), the time spent waiting for each batch is added to it.
     """
     ds = global_batches(records, seed=seed, global_batch_size=global_batch_size, shard=shard)
     ds = ds[start_step : start_step + num_steps]
@@ -202,7 +258,7 @@ def train_dataset(
     it = ds.to_iter_dataset(grain.ReadOptions(reading.threads, reading.buffer))
     if reading.workers:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=reading.workers))
-    return it
+    return it if wait is None else _Timed(it, wait)
 
 
 def validation_dataset(

@@ -98,6 +98,7 @@ def build_callbacks(
     *,
     is_primary: bool,
     data_state=None,
+    data_wait: data.DataWait | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of every `fit`; all async-safe, so Keras' async dispatch stays on.
 
@@ -133,7 +134,7 @@ def build_callbacks(
             accumulation=accumulation,
         ),
         # Every process: the run's event log (launcher/events.py).
-        StepEvents(tr.log_every, accumulation, tr.steps_per_execution),
+        StepEvents(tr.log_every, accumulation, tr.steps_per_execution, data_wait=data_wait),
     ]
     if cpu_devices and jax.process_count() > 1:
         callbacks.append(SyncEvalSteps())
@@ -218,6 +219,7 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
         keras.utils.set_random_seed(tr.seed)  # Same seed everywhere: same initial weights.
         model = models.build(config)
         position = data.position(config.data, splits)
+        data_wait = data.DataWait()  # The steps' wait for batches, for the event log.
         # Before the restore: the TensorBoard logger reports it.
         callbacks = build_callbacks(
             config,
@@ -226,6 +228,7 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
             is_primary=is_primary,
             # Batches, not optimizer steps (they differ with accumulation).
             data_state=lambda: {**position, "step": int(model.optimizer._iterations)},
+            data_wait=data_wait,
         )
         start_step = 0
         ckpt_dir = workdir / "checkpoints"
@@ -272,6 +275,7 @@ def train(config, workdir: epath.PathLike) -> TrainResult:
                 start_step=first_step,
                 num_steps=(epochs - initial_epoch) * steps,
                 reading=data.Reading.of(config.data),
+                wait=data_wait,
             )
             h = model.fit(
                 train_ds,

@@ -9,6 +9,7 @@ import checkpointing
 from checkpointing import events
 from tests.checkpointing.common import make_data, make_model
 from trainer.callbacks import StepEvents
+from trainer.data import DataWait
 
 BATCH = 16  # 128 samples: 8 steps per epoch.
 
@@ -72,7 +73,9 @@ def test_step_events_count_steps_across_fits(emitted):
     # Two fit calls on one callback, as in a run resumed mid-epoch.
     x, y = make_data()
     model = make_model()
-    step_events = StepEvents(log_every=2)
+    wait = DataWait()
+    wait.add(1.5)  # numpy data here: the trainer's grain pipeline adds to it.
+    step_events = StepEvents(log_every=2, data_wait=wait)
     model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[step_events])
     model.fit(x, y, batch_size=BATCH, epochs=2, initial_epoch=1, verbose=0, callbacks=[step_events])
     got = [(k, f["step"]) for k, f, _ in emitted]
@@ -83,6 +86,8 @@ def test_step_events_count_steps_across_fits(emitted):
         ("fit_begun", 8),
         *[("step", s) for s in (10, 12, 14, 16)],
     ]
+    carried = [f.get("data_wait_s") for k, f, _ in emitted if k in ("compiled", "step")]
+    assert carried == [1.5] * 9
 
 
 def test_a_listener_that_raises_is_removed_logged_and_listed_and_the_save_commits(

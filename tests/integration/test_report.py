@@ -105,6 +105,10 @@ def test_report_of_a_run_killed_with_sigkill_and_relaunched(tmp_path):
         assert summary.seconds[category] > 0, (category, summary.seconds)
     if expected_wasted:
         assert summary.seconds["wasted progress"] > 0
+    # Each launch's step events carry its wait for batches so far: it only grows.
+    for path in files:
+        waits = [e["data_wait_s"] for e in _event_lines(path) if e["kind"] in ("compiled", "step")]
+        assert waits and waits[0] >= 0 and waits == sorted(waits), waits
 
     cli = subprocess.run(
         [sys.executable, "-m", "launcher.report", str(workdir)],

@@ -65,6 +65,7 @@ def test_categories_of_a_killed_and_resumed_run(tmp_path):
         "training preparation": 3.0 + (4.0 - 2.0),
         "checkpoint restore": 2.0,
         "compilation": 5.0 + 3.0,
+        "data loading": 0.0,  # The events carry no data_wait_s (as an older run's).
         "checkpoint save, blocking": 0.5 + 0.25 + 0.75,
         "evaluation": 1.0,
         "wasted progress": 2.0,  # Steps 5 and 6 of launch 1, less nothing blocked then.
@@ -82,6 +83,27 @@ def test_categories_of_a_killed_and_resumed_run(tmp_path):
     assert r.wasted_steps == 2 and r.counted_steps == 8
     text = "\n".join(r.lines())
     assert "2 step(s) wasted" in text and "WASTED_PROGRESS_FROM_DISRUPTION" in text
+
+
+def test_data_wait_of_counted_steps_is_data_loading_and_wasted_steps_keep_theirs(tmp_path):
+    # Launch 1 again, its step events carrying the wait so far (the compiled
+    # step's 0.3 s is the first batch's, inside compilation).
+    waits = {1: 0.3, 2: 0.5, 3: 0.9, 4: 1.0, 5: 1.2, 6: 1.5}
+    killed = [
+        {**e, "data_wait_s": waits[e["step"]]} if e["kind"] in ("compiled", "step") else e
+        for e in _KILLED
+    ]
+    _write(tmp_path, "20260101T000000.000Z", killed)
+    _write(tmp_path, "20260101T000020.000Z", _RESUMED)
+    r = report.summarize(tmp_path)
+    first, second = r.launches
+    assert first.seconds["data loading"] == pytest.approx(1.0 - 0.3)  # Steps 2-4.
+    assert first.seconds["goodput"] == pytest.approx(3.0 - 0.7)
+    assert first.seconds["wasted progress"] == pytest.approx(2.0)  # Steps 5-6, waits kept.
+    assert second.seconds["data loading"] == 0.0
+    assert r.seconds["data loading"] == pytest.approx(0.7)
+    assert sum(r.seconds.values()) == pytest.approx(r.total_s)
+    assert any("DATA_LOADING_SYNC" in line for line in r.lines())
 
 
 def test_a_later_restore_to_an_earlier_step_wastes_more(tmp_path):

@@ -1,5 +1,7 @@
 """The sequence of global batches is a pure function of (seed, global step)."""
 
+import time
+
 import numpy as np
 import pytest
 from absl import flags
@@ -138,3 +140,24 @@ def test_read_ahead_settings_keep_the_batches(reading):
     common = dict(seed=4, global_batch_size=8, shard=shard, start_step=5, num_steps=9)
     plain = _batches(data.train_dataset(records, **common))
     assert _batches(data.train_dataset(records, **common, reading=reading)) == plain
+
+
+class _Slow(_Indices):
+    def __getitem__(self, i):
+        time.sleep(0.02)
+        return np.int64(i)
+
+
+def test_data_wait_counts_the_time_spent_waiting_for_batches_and_keeps_them():
+    records, shard = _Slow(), DataShard(0, 2)
+    common = dict(seed=4, global_batch_size=8, shard=shard, start_step=2, num_steps=9)
+    wait = data.DataWait()
+    began = time.perf_counter()
+    timed = _batches(
+        data.train_dataset(records, **common, reading=data.Reading(1, 1, 0), wait=wait)
+    )
+    elapsed = time.perf_counter() - began
+    assert timed == _batches(data.train_dataset(_Indices(), **common))
+    # 9 batches of 4 records at 20 ms each, read by one thread one record ahead:
+    # nothing else to do here, so most of it is waiting.
+    assert 0.5 * 9 * 4 * 0.02 <= wait.seconds <= elapsed
