@@ -4,32 +4,32 @@ from __future__ import annotations
 
 from etils import epath
 
-from launcher.report import (
-    _BETWEEN,
-    _COMPILE,
-    _EVAL,
-    _INIT,
-    _OTHER,
-    _PREP,
-    _RESTORE,
-    _SAVE,
-    _WASTED,
+from launcher.goodput import (
+    BETWEEN,
+    COMPILE,
+    EVAL,
     GOODPUT,
-    Report,
-    _read_jsonl,
+    INIT,
+    OTHER,
+    PREP,
+    RESTORE,
+    SAVE,
+    WASTED,
 )
+from launcher.report import Report, read_jsonl
 
+# Data loading is spread over the steps: drawn inside their bars, not on its own.
 _COLORS = {
     GOODPUT: "#2ca02c",
-    _INIT: "#9467bd",
-    _PREP: "#c5b0d5",
-    _RESTORE: "#17becf",
-    _COMPILE: "#ff7f0e",
-    _SAVE: "#1f77b4",
-    _EVAL: "#bcbd22",
-    _WASTED: "#d62728",
-    _BETWEEN: "#7f7f7f",
-    _OTHER: "#e0e0e0",
+    INIT: "#9467bd",
+    PREP: "#c5b0d5",
+    RESTORE: "#17becf",
+    COMPILE: "#ff7f0e",
+    SAVE: "#1f77b4",
+    EVAL: "#bcbd22",
+    WASTED: "#d62728",
+    BETWEEN: "#7f7f7f",
+    OTHER: "#e0e0e0",
 }
 
 
@@ -44,7 +44,7 @@ def _loss_runs(workdir: epath.Path) -> list[list[tuple[int, float]]]:
         return []
     runs: list[list[tuple[int, float]]] = []
     previous = None
-    for record in _read_jsonl(path):
+    for record in read_jsonl(path):
         if "epoch" in record or "loss" not in record or "time" not in record:
             continue
         if previous is None or record["time"] < previous:
