@@ -168,26 +168,20 @@ class MetricsLogger(StepRecords):
         )
 
 
-class StepEvents(keras.callbacks.Callback):
+class StepEvents(StepRecords):
     """Emits the trainer's events (`checkpointing.events`) for the run's event log.
 
     `fit_begun` and `eval_begun`/`eval_done` in the training thread;
     `compiled` (the first step of the process) and `step` (every `log_every`
-    optimizer steps) from `on_train_batch_end`, which Keras runs on its
-    thread pool once the step's logs are ready: no device wait is added. The
-    step is counted on the host (the optimizer's counter is read once per
-    `fit`); batch ends are passed in step order (one that ends early waits
-    for the earlier ones), each with the time it ended, and the last step of
-    each `fit` is emitted at its end. Every process runs it (each writes its
-    own log). Keras calls `on_train_batch_end` once per `steps_per_execution`
-    batches; `step` counts optimizer updates (batches // `accumulation`).
+    optimizer steps) as `StepRecords` passes the batch ends, in step order,
+    from Keras' thread pool once the step's logs are ready: no device wait is
+    added. Each carries the time its batch ended; the last step of each `fit`
+    is emitted at its end. Every process runs it (each writes its own log).
 
     With `data_wait`, `compiled` and `step` carry `data_wait_s`: the seconds
     the training thread has waited for batches so far (read when the event
     is emitted, so it may count a few batches in flight after the step).
     """
-
-    async_safe = True
 
     def __init__(
         self,
@@ -196,51 +190,40 @@ class StepEvents(keras.callbacks.Callback):
         steps_per_execution: int = 1,
         data_wait: DataWait | None = None,
     ):
-        super().__init__()
-        self._log_every = log_every
+        super().__init__(
+            log_every=log_every,
+            enabled=True,
+            steps_per_execution=steps_per_execution,
+            accumulation=accumulation,
+        )
         self._data_wait = data_wait
-        self._accumulation = accumulation
-        self._stride = steps_per_execution
-        self._lock = threading.Lock()
         self._compiled = False
         self._emitted = -1  # The last step emitted.
         self._latest: tuple[int, float] | None = None  # (step, time) of the latest batch passed.
-        self._base = 0  # Batches before this fit.
-        self._first_epoch: int | None = None
-        self._epoch_base = 0  # Batches before the epoch.
-        self._ended: dict[int, float] = {}  # Batch ends (in the epoch) not yet passed: time.
-        self._next = steps_per_execution - 1  # The next batch end to pass.
+
+    def _wants(self, batch: int) -> bool:
+        return True  # Every batch end: the step events count optimizer steps.
+
+    def _record(self, batches: int, logs) -> dict:
+        return {"step": batches // self._accumulation, "time": time.time()}
+
+    def _emit(self, record: dict, batch: int) -> None:
+        step, ended_at = record["step"], record["time"]
+        self._latest = (step, ended_at)
+        if not self._compiled:
+            self._compiled = True
+            self._emitted = step
+            self._step_event("compiled", step, ended_at)
+        elif step // self._log_every > self._emitted // self._log_every:
+            self._emitted = step
+            self._step_event("step", step, ended_at)
+
+    def _emit_epoch(self, record: dict) -> None:
+        pass
 
     def on_train_begin(self, logs=None):
-        optimizer = self.model.optimizer
-        self._base = int(getattr(optimizer, "_iterations", optimizer.iterations))
-        self._first_epoch, self._epoch_base = None, self._base
-        events.emit("fit_begun", step=self._base // self._accumulation)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        with self._lock:  # Keras has waited for the previous epoch's batch ends.
-            if self._first_epoch is None:
-                self._first_epoch = epoch
-            per_epoch = self.params.get("steps") or 0  # fit's steps_per_epoch.
-            self._epoch_base = self._base + (epoch - self._first_epoch) * per_epoch
-            self._ended, self._next = {}, self._stride - 1
-
-    def on_train_batch_end(self, batch, logs=None):
-        now = time.time()
-        with self._lock:
-            self._ended[batch] = now
-            while self._next in self._ended:  # Every batch up to here has ended.
-                ended_at = self._ended.pop(self._next)
-                step = (self._epoch_base + self._next + 1) // self._accumulation
-                self._next += self._stride
-                self._latest = (step, ended_at)
-                if not self._compiled:
-                    self._compiled = True
-                    self._emitted = step
-                    self._step_event("compiled", step, ended_at)
-                elif step // self._log_every > self._emitted // self._log_every:
-                    self._emitted = step
-                    self._step_event("step", step, ended_at)
+        super().on_train_begin(logs)
+        events.emit("fit_begun", step=self._epoch_start // self._accumulation)
 
     def on_train_end(self, logs=None):
         with self._lock:  # Keras has waited for every batch end of this fit.
