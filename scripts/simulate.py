@@ -13,8 +13,8 @@ Everything after `--` is passed to every launcher process untouched; this
 script adds `--coordinator_address`, `--num_processes`, `--process_id` and
 `--num_cpu_devices`. Each process' output is streamed with a `[p{i}] ` prefix.
 
-The launcher filters its own log lines (see launcher/logs.py). What a
-process prints outside of logging (C++ libraries, tracebacks before the log
+The launcher filters its own log lines (see launcher/logs.py); the console
+is scripts/process_output.py. What a process prints outside of logging (C++ libraries, tracebacks before the log
 is set up) is also appended to its log file (`<workdir>/logs/process_N.log`,
 or `--logdir`) once the launcher created it; of these lines the routine ones
 (gloo's "Rank 0 is connected to 1 peer ranks" at every new communicator) go
@@ -32,7 +32,6 @@ signal S counts as exit code 128 + S.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -47,6 +46,8 @@ from absl import app, flags
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, REPO_ROOT)
 
+import process_output  # noqa: E402  (scripts/, beside this file; imports trainer)
+
 from launcher import workdir as launcher_workdir  # noqa: E402
 from trainer import console  # noqa: E402  (Keras-free)
 
@@ -58,17 +59,6 @@ _POLL_INTERVAL_S = 0.05
 # How long to wait for a process' output to drain after it exited; a
 # grandchild that inherited the pipe must not keep us waiting forever.
 _DRAIN_TIMEOUT_S = 5.0
-# gloo's line at every new communicator ("[Gloo] Rank 0 is connected to 1
-# peer ranks. Expected number of connected peer ranks is : 1"), printed from
-# C++ threads piece by piece: lines made of its pieces only are routine (to
-# the log file only, unless --verbosity >= 1), however they interleaved.
-_GLOO_PIECES = re.compile(
-    r"\[Gloo\] Rank|is connected to|peer ranks\.|Expected number of connected peer ranks is :"
-    r"|\d+|\s+"
-)
-_TOKEN = re.compile(rb"([^\r\n]*)([\r\n])")
-_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
 _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", 2, "How many launcher processes (simulated hosts) to start."
 )
@@ -120,17 +110,6 @@ def _describe(index: int, returncode: int) -> str:
     return f"process {index} exited {returncode}"
 
 
-def routine(line: str) -> bool:
-    """Whether a line printed outside of logging comes with normal operation.
-
-    A line made of gloo's pieces only is, blank lines and bare numbers
-    included: its C++ threads print each line in pieces, and interleaved
-    pieces leave such lines behind (a bare number printed by the model goes
-    to the log file too, for the same reason).
-    """
-    return not _GLOO_PIECES.sub("", line)
-
-
 def flag_value(args: Sequence[str], *names: str) -> str | None:
     """The last value of absl flag `names` in `args` (`--name=v`, `-name=v`, `--name v`)."""
     value = None
@@ -179,28 +158,6 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-class _LogFile:
-    """Appends lines to a process' log file once the launcher has created it."""
-
-    def __init__(self, path: str | None):
-        self._path = path
-        self._file = None
-
-    def write(self, line: str) -> None:
-        if self._file is None and self._path is not None and os.path.exists(self._path):
-            self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115
-        if self._file is not None:
-            self._file.write(line + "\n")
-            self._file.flush()
-
-    def __enter__(self) -> _LogFile:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
 class _Simulation:
     """Starts the processes, streams their output, and stops them together."""
 
@@ -226,67 +183,19 @@ class _Simulation:
         self._grace_s = grace_s
         self._procs: list[subprocess.Popen[bytes]] = []
         self._readers: list[threading.Thread] = []
-        self._print_lock = threading.Lock()
         # (process index, returncode) in the order the exits were observed.
         self._exits: list[tuple[int, int]] = []
         self._signals: list[int] = []
-        self._detailed = _detailed(self._passthrough)
-        self._log_paths = log_files(self._passthrough, num_processes)
-        # A process' progress bar (drawn last, below the lines): (index, text).
-        self._bar: tuple[int, str] | None = None
+        self._output = process_output.Console(
+            detailed=_detailed(self._passthrough),
+            log_paths=log_files(self._passthrough, num_processes),
+        )
+        # Process 0 draws its progress as a bar when our output is a terminal.
         self._bars = sys.stdout.isatty() and console.MODE_ENV not in os.environ
 
     def _on_signal(self, signum: int, frame: object) -> None:
         del frame  # Unused.
         self._signals.append(signum)
-
-    def _write(self, text: str, *, bar_of: int | None = None) -> None:
-        """Writes whole lines; a shown bar stays below them (`bar_of`: its process ends it)."""
-        with self._print_lock:
-            if self._bar is not None:
-                sys.stdout.write(f"\r{console.CLEAR}")
-                if self._bar[0] == bar_of:
-                    self._bar = None
-            sys.stdout.write(text)
-            if self._bar is not None:
-                sys.stdout.write(self._bar[1])
-            sys.stdout.flush()
-
-    def _show_bar(self, index: int, text: str) -> None:
-        with self._print_lock:
-            self._bar = (index, text)
-            sys.stdout.write(f"\r{console.CLEAR}{text}")
-            sys.stdout.flush()
-
-    def _stream(self, index: int, pipe) -> None:
-        """Passes process `index`'s output on: lines, and its bar frames (ended by `\\r`)."""
-        prefix = f"[p{index}] "
-        log = _LogFile(None if self._log_paths is None else self._log_paths[index])
-        fd, pending = pipe.fileno(), b""
-        with pipe, log:
-            while chunk := os.read(fd, 65536):
-                pending += chunk
-                end = 0
-                for match in _TOKEN.finditer(pending):
-                    end = match.end()
-                    self._token(index, prefix, log, match.group(1), match.group(2) == b"\r")
-                pending = pending[end:]
-            if pending:
-                self._token(index, prefix, log, pending, False)
-
-    def _token(self, index: int, prefix: str, log: _LogFile, raw: bytes, frame: bool) -> None:
-        text = _ESCAPES.sub("", raw.decode("utf-8", errors="replace"))
-        if frame:  # A progress bar frame: drawn in place.
-            if text:
-                self._show_bar(index, f"{prefix}{text}")
-            return
-        if text.startswith(prefix):  # The launcher's log lines: it filtered them already.
-            self._write(text + "\n")
-            return
-        # Printed outside of logging: to the log file, and shown unless routine.
-        log.write(text)
-        if self._detailed or not routine(text):
-            self._write(f"{prefix}{text}\n", bar_of=index)
 
     def _command(self, index: int, port: int) -> list[str]:
         """The command line of process `index`; subclasses may wrap it."""
@@ -320,7 +229,7 @@ class _Simulation:
             )
             self._procs.append(proc)
             reader = threading.Thread(
-                target=self._stream, args=(index, proc.stdout), name=f"p{index}", daemon=True
+                target=self._output.stream, args=(index, proc.stdout), name=f"p{index}", daemon=True
             )
             reader.start()
             self._readers.append(reader)
@@ -374,7 +283,7 @@ class _Simulation:
         previous = {s: signal.signal(s, self._on_signal) for s in handled}
         try:
             port = portpicker.pick_unused_port()
-            self._write(
+            self._output.write(
                 f"simulate: starting {self._num_processes} processes x "
                 f"{self._devices_per_process} CPU devices, coordinator {self._coordinator_host}:{port}, "
                 f"module {self._launcher_module}\n"
@@ -407,15 +316,13 @@ class _Simulation:
                 signal.signal(s, handler)
         for reader in self._readers:
             reader.join(timeout=_DRAIN_TIMEOUT_S)
-        if self._bar is not None:  # Left as it was, above the last line.
-            self._bar = None
-            sys.stdout.write("\n")
-        self._write(f"simulate: {summary}\n")
+        self._output.end_bar()
+        self._output.write(f"simulate: {summary}\n")
         return code
 
     def _on_interrupt(self, signum: int) -> tuple[str, int]:
         name = signal.Signals(signum).name
-        self._write(f"simulate: received {name}; sending SIGTERM to all processes\n")
+        self._output.write(f"simulate: received {name}; sending SIGTERM to all processes\n")
         self._stop_all()
         # A process that exited with a code of its own (e.g. "preempted,
         # checkpoint saved") reports more than one that died by the signal.

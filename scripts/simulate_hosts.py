@@ -69,7 +69,9 @@ class _HostSimulation(simulate._Simulation):
         super()._poll()
         elapsed = time.monotonic() - self._started
         for index, returncode in self._exits[seen:]:
-            self._write(f"{_PROGRAM}: {simulate._describe(index, returncode)} at {elapsed:.1f}s\n")
+            self._output.write(
+                f"{_PROGRAM}: {simulate._describe(index, returncode)} at {elapsed:.1f}s\n"
+            )
 
 
 def _validate() -> None:

@@ -281,8 +281,8 @@ def test_gloo_pieces_and_blank_lines_are_routine_other_lines_not():
         "loss 3",
     ]
     check = (
-        "import json, sys; sys.path.insert(0, 'scripts'); import simulate; "
-        "print(json.dumps([simulate.routine(x) for x in json.loads(sys.argv[1])]))"
+        "import json, sys; sys.path.insert(0, 'scripts'); import process_output; "
+        "print(json.dumps([process_output.routine(x) for x in json.loads(sys.argv[1])]))"
     )
     r = subprocess.run(
         [sys.executable, "-c", check, json.dumps(lines)],
