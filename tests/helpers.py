@@ -6,8 +6,12 @@ import collections
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,20 +43,25 @@ def launcher(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     )
 
 
+def simulate_command(num_processes: int, devices: int, *args: str) -> list[str]:
+    """The command line of scripts/simulate.py with N launcher processes."""
+    return [
+        sys.executable,
+        "scripts/simulate.py",
+        f"--num_processes={num_processes}",
+        f"--devices_per_process={devices}",
+        "--grace_s=5",
+        "--",
+        *args,
+    ]
+
+
 def simulate(
     num_processes: int, devices: int, *args: str, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """scripts/simulate.py with N launcher processes; output captured."""
     return subprocess.run(
-        [
-            sys.executable,
-            "scripts/simulate.py",
-            f"--num_processes={num_processes}",
-            f"--devices_per_process={devices}",
-            "--grace_s=5",
-            "--",
-            *args,
-        ],
+        simulate_command(num_processes, devices, *args),
         cwd=REPO,
         env=env(),
         capture_output=True,
@@ -194,3 +203,48 @@ def largest_device_share(model) -> float:
         for shard in variable.value.addressable_shards:
             per_device[shard.device] += shard.data.nbytes
     return max(per_device.values()) / total
+
+
+def kill_process_1_when(
+    command: Sequence[str],
+    workdir,
+    ready: Callable[[], bool],
+    *,
+    timeout: float = 120,
+    poll_s: float = 0.05,
+    run_env: dict | None = None,
+) -> tuple[int, str]:
+    """Runs `command` (a 2-process simulation of `workdir`) and SIGKILLs launcher
+    process 1 as soon as `ready()` holds.
+
+    The output goes to a file while it runs (a pipe nobody reads could fill).
+    Launcher processes of `workdir` left behind (simulate.py died first) are
+    killed too.
+
+    Returns:
+        (simulate.py's exit code, its output).
+    """
+    with tempfile.TemporaryFile() as output:
+        proc = subprocess.Popen(
+            list(command), cwd=REPO, env=run_env or env(), stdout=output, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline, seen = time.monotonic() + timeout, False
+            while time.monotonic() < deadline and proc.poll() is None:
+                if ready():
+                    seen = True
+                    break
+                time.sleep(poll_s)
+            victims = launcher_pids(workdir)
+            assert seen and len(victims) == 2, "the run ended before the kill"
+            os.kill(victims[1], signal.SIGKILL)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+            for pid in launcher_pids(workdir):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        output.seek(0)
+        return proc.returncode, output.read().decode(errors="replace")

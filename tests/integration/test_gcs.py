@@ -8,18 +8,23 @@ local (--logdir).
 """
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from etils import epath
 
 from launcher import report
 from tests.gcs_emulator import BUCKET, gcs  # noqa: F401  (the fixture)
-from tests.helpers import LM, REPO, env, finals, launcher_pids, simulate
+from tests.helpers import (
+    LM,
+    REPO,
+    env,
+    finals,
+    kill_process_1_when,
+    simulate,
+    simulate_command,
+)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -59,40 +64,13 @@ def scenario(gcs, tmp_path_factory):  # noqa: F811
 
     logs = tmp_path_factory.mktemp("logs")
     gs_args = (*LM, f"--workdir={WORKDIR}")
-    killed_out = logs / "killed.out"  # A file, not a pipe nobody reads while it runs.
-    with open(killed_out, "wb") as stdout:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "scripts/simulate.py",
-                "--num_processes=2",
-                "--devices_per_process=4",
-                "--grace_s=5",
-                "--",
-                *gs_args,
-                f"--logdir={logs / 'killed'}",
-            ],
-            cwd=REPO,
-            env=env(),
-            stdout=stdout,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None and not _committed():
-            time.sleep(0.1)
-        victims = launcher_pids(WORKDIR)
-        assert len(victims) == 2 and _committed(), "run ended before a commit could be seen"
-        os.kill(victims[1], signal.SIGKILL)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        for pid in launcher_pids(WORKDIR):  # simulate.py's children, if it died first.
-            os.kill(pid, signal.SIGKILL)
-    out["killed_rc"] = proc.returncode
-    out["killed_output"] = killed_out.read_text(errors="replace")
+    out["killed_rc"], out["killed_output"] = kill_process_1_when(
+        simulate_command(2, 4, *gs_args, f"--logdir={logs / 'killed'}"),
+        WORKDIR,
+        _committed,
+        timeout=180,
+        poll_s=0.1,
+    )
     out["finals_after_kill"] = _gs_finals()
     out["committed_after_kill"] = _committed()
 

@@ -8,15 +8,21 @@ trained model loads in a fresh interpreter the documented way.
 """
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-from tests.helpers import REPO, committed_steps, env, finals, launcher_pids, metrics
+from tests.helpers import (
+    REPO,
+    committed_steps,
+    env,
+    finals,
+    kill_process_1_when,
+    metrics,
+    simulate_command,
+)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -91,11 +97,9 @@ def user(tmp_path_factory):
 
 
 def _simulate_cmd(processes, devices, root, workdir, *args):
-    return [
-        sys.executable, "scripts/simulate.py", f"--num_processes={processes}",
-        f"--devices_per_process={devices}", "--grace_s=5", "--",
-        f"--config={root / 'conf' / 'blobs.py'}", f"--workdir={workdir}", *args,
-    ]  # fmt: skip
+    return simulate_command(
+        processes, devices, f"--config={root / 'conf' / 'blobs.py'}", f"--workdir={workdir}", *args
+    )
 
 
 def _run(cmd, run_env, timeout=180):
@@ -114,23 +118,11 @@ def test_users_package_trains_resumes_exactly_and_loads(user, tmp_path):
     expected = finals(clean)[0]["weights_sha256"]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _simulate_cmd(2, 4, root, killed), cwd=REPO, env=run_env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    code, out = kill_process_1_when(
+        _simulate_cmd(2, 4, root, killed), killed, lambda: bool(committed_steps(killed)),
+        run_env=run_env,
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not committed_steps(killed):
-            time.sleep(0.05)
-        victims = launcher_pids(killed)
-        assert len(victims) == 2 and committed_steps(killed), "no commit seen before the end"
-        os.kill(victims[1], signal.SIGKILL)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    assert proc.returncode != 0, out.decode()[-2000:]
+    assert code != 0, out[-2000:]
     assert not finals(killed) and max(committed_steps(killed)) < 24
 
     r = _run(_simulate_cmd(2, 4, root, killed), run_env)

@@ -7,27 +7,24 @@ first and last lines of process 0's event files.
 """
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from launcher import report
-from tests.helpers import LM, REPO, committed_steps, env, finals, launcher_pids, simulate
+from tests.helpers import (
+    LM,
+    REPO,
+    committed_steps,
+    env,
+    finals,
+    kill_process_1_when,
+    simulate,
+    simulate_command,
+)
 
 pytestmark = pytest.mark.multiprocess
-
-_SIMULATE = [
-    sys.executable,
-    "scripts/simulate.py",
-    "--num_processes=2",
-    "--devices_per_process=4",
-    "--grace_s=5",
-    "--",
-]
 
 
 def _trained_steps(workdir) -> list[int]:
@@ -50,30 +47,17 @@ def _event_lines(path) -> list[dict]:
 
 def test_report_of_a_run_killed_with_sigkill_and_relaunched(tmp_path):
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [*_SIMULATE, *LM, f"--workdir={workdir}"],
-        cwd=REPO,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+
+    # Kill process 1 a step after a save point, once a step is committed:
+    # the steps since that commit are computed again by the relaunch.
+    def ready() -> bool:
+        steps = _trained_steps(workdir)
+        return bool(committed_steps(workdir) and steps) and steps[-1] >= 9 and steps[-1] % 4 == 1
+
+    code, out = kill_process_1_when(
+        simulate_command(2, 4, *LM, f"--workdir={workdir}"), workdir, ready, poll_s=0.01
     )
-    try:
-        # Kill process 1 a step after a save point, once a step is committed:
-        # the steps since that commit are computed again by the relaunch.
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            steps = _trained_steps(workdir)
-            if committed_steps(workdir) and steps and steps[-1] >= 9 and steps[-1] % 4 == 1:
-                break
-            time.sleep(0.01)
-        victims = launcher_pids(workdir)
-        assert len(victims) == 2, "the run ended before the kill"
-        os.kill(victims[1], signal.SIGKILL)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode != 0, out.decode()[-2000:]
+    assert code != 0, out[-2000:]
     assert not finals(workdir), "the killed run must not have finished"
     # Process 1 died: process 0 could not run another step (every step is a
     # collective of both), so its last metrics line is the step of the kill.

@@ -7,17 +7,20 @@
   uninterrupted run's up to float reduction order.
 """
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import LM, REPO, committed_steps, env, finals, launcher_pids, metrics, simulate
+from tests.helpers import (
+    LM,
+    committed_steps,
+    finals,
+    kill_process_1_when,
+    metrics,
+    simulate,
+    simulate_command,
+)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -32,35 +35,18 @@ def uninterrupted(tmp_path_factory):
 
 def test_kill_9_mid_run_then_relaunch_is_bitwise_equal(uninterrupted, tmp_path):
     workdir = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "scripts/simulate.py",
-        "--num_processes=2",
-        "--devices_per_process=4",
-        "--grace_s=5",
-        "--",
+    cmd = simulate_command(
+        2,
+        4,
         *LM,
         f"--workdir={workdir}",
         # Slow steps down a little so the kill lands mid-run, after a commit.
         "--config.trainer.log_every=1",
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(s >= 8 for s in committed_steps(workdir)):
-            time.sleep(0.05)
-        victims = launcher_pids(workdir)
-        assert len(victims) == 2 and committed_steps(workdir), (
-            "run ended before a commit could be seen"
-        )
-        os.kill(victims[1], signal.SIGKILL)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode != 0, out.decode()[-2000:]
+    code, out = kill_process_1_when(
+        cmd, workdir, lambda: any(s >= 8 for s in committed_steps(workdir))
+    )
+    assert code != 0, out[-2000:]
     assert not finals(workdir), "the killed run must not have finished"
     committed = committed_steps(workdir)
     assert committed and max(committed) < 24
