@@ -74,16 +74,19 @@ def show_end(
         flush_events()
     except Exception as e:  # noqa: BLE001 - shown; the goodput then misses the last events.
         logging.warning("could not write the event log before the summary: %r", e)
+    committed = []
+    if config.checkpoint.enabled:
+        try:  # A listing, no reads: the other processes may be leaving already.
+            committed = [m.step for m in layout.committed_steps(run_dir / "checkpoints")]
+        except Exception as e:  # noqa: BLE001 - shown; training's outcome stays.
+            logging.warning("could not list the committed checkpoints for the summary: %r", e)
     end_lines(
         start_step=result.start_step,
         final_step=result.final_step,
         total_steps=total_steps(config),
         started=started,
         workdir=run_dir,
-        # A listing, no reads: the other processes may be leaving already.
-        committed=[m.step for m in layout.committed_steps(run_dir / "checkpoints")]
-        if config.checkpoint.enabled
-        else [],
+        committed=committed,
     )
 
 

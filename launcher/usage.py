@@ -48,11 +48,14 @@ def check_command_line(argv: list[str], config, check_flags, num_processes: int 
     try:
         check_flags()
         validate(config, num_processes=num_processes)
-        console.bar_mode()  # PODFIT_PROGRESS, if set, is bar or lines.
-    except (UsageError, ConfigError, ValueError) as e:
+    except (UsageError, ConfigError) as e:
         usage_exit(str(e))
     except OSError as e:  # config_flags defers a config file it could not load.
         usage_exit(f"--config: {last_line(e)}")
+    try:
+        console.bar_mode()  # PODFIT_PROGRESS, if set, is bar or lines.
+    except ValueError as e:
+        usage_exit(str(e))
 
 
 def check_on_devices(config, timeout_s: float) -> None:

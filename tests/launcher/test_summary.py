@@ -80,3 +80,26 @@ def test_goodput_is_none_with_a_warning_when_the_report_fails(monkeypatch, tmp_p
     caplog.clear()
     assert summary.goodput(epath.Path(tmp_path)) is None
     assert "goodput unavailable" not in caplog.text
+
+
+def test_a_failed_checkpoint_listing_is_a_warning_and_the_summary_still_shows(
+    caplog, monkeypatch, tmp_path
+):
+    from checkpointing import layout
+    from configs import lm
+    from trainer.train import TrainResult
+
+    def failing(directory):
+        raise OSError(5, "Input/output error (injected)")
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(layout, "committed_steps", failing)
+    monkeypatch.setattr(summary, "goodput", lambda workdir: None)
+    config = lm.get_config("tiny")
+    result = TrainResult(start_step=0, final_step=8, weights_sha256="0" * 64, history={})
+    summary.show_end(config, epath.Path(tmp_path), result, time.monotonic(), lambda: None)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "could not list the committed checkpoints" in w and "injected" in w for w in warnings
+    )
+    assert _lines(caplog)[0].startswith("done: trained 8/8 steps in ")
