@@ -297,16 +297,14 @@ class OrbaxCheckpoint(MonitorCallback):
 
     def _wait_for_writes(self) -> None:
         """Waits for the write in flight; emits `save_waited` if there was one."""
-        if not self._writer.busy:
-            self._writer.raise_if_failed()
-            return
-        started = time.monotonic()
-        self._writer.wait()
-        events.emit(
-            "save_waited",
-            step=self._last_saved_step,
-            ms=round((time.monotonic() - started) * 1000, 3),
-        )
+        busy, started = self._writer.busy, time.monotonic()
+        self._writer.wait()  # Idle: raises a failure, if any, at once.
+        if busy:
+            events.emit(
+                "save_waited",
+                step=self._last_saved_step,
+                ms=round((time.monotonic() - started) * 1000, 3),
+            )
 
     def _new_checkpointer(self) -> ocp.training.Checkpointer:
         return layout.no_preemption_queries(

@@ -43,6 +43,7 @@ from typing import Any
 from etils import epath
 
 from checkpointing import events
+from launcher import workdir as workdir_lib
 from trainer.records import JsonLines
 
 # Kinds after which a remote file is rewritten at once: the process is leaving.
@@ -71,7 +72,6 @@ class Recorder:
             {"kind": "start", "time": start_time, "pid": os.getpid(), "host": socket.gethostname()}
         ]
         self.start_time = start_time
-        self.path: epath.Path | None = None
 
     def __call__(self, kind: str, fields: dict[str, Any]) -> None:
         record = {"kind": kind, **fields}
@@ -86,7 +86,7 @@ class Recorder:
     def open(self, workdir: epath.PathLike, launch: str, process_index: int) -> epath.Path:
         """Starts writing to `<workdir>/events/<launch>/process_<process_index>.jsonl`."""
         folder = epath.Path(workdir) / "events" / launch
-        if "://" not in str(folder):
+        if not workdir_lib.is_remote(folder):
             folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"process_{process_index}.jsonl"
         with self._lock:
@@ -94,7 +94,6 @@ class Recorder:
             for record in self._pending:
                 self._sink.write(record)
             self._pending = []
-            self.path = path
         return path
 
     def flush(self) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from collections.abc import Iterable
 
@@ -116,14 +115,6 @@ class Report:
     @property
     def wasted_steps(self) -> int:
         return sum(launch.wasted_steps for launch in self.launches)
-
-    def summary_line(self) -> str:
-        """One line for a console: goodput and the largest badput."""
-        worst = max(self.badput.items(), key=lambda kv: kv[1])
-        return (
-            f"goodput {100 * self.goodput:.1f}% of {self.total_s:.1f}s over "
-            f"{len(self.launches)} launch(es); largest badput: {worst[0]} {worst[1]:.1f}s"
-        )
 
     def lines(self) -> list[str]:
         """The printed report."""
@@ -280,5 +271,4 @@ def main(argv: Iterable[str]) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("MPLBACKEND", "Agg")
     sys.exit(main(sys.argv[1:]))

@@ -111,6 +111,3 @@ def write_png(report: Report, path: epath.PathLike, workdir: epath.PathLike) -> 
     target = epath.Path(path)
     target.write_bytes(buffer.getvalue())
     return target
-
-
-# -- the command ------------------------------------------------------------

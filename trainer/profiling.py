@@ -11,6 +11,8 @@ import keras
 from absl import logging
 from etils import epath
 
+from trainer.records import is_remote
+
 
 def copy_tree(local: str, target: epath.Path) -> list[epath.Path]:
     """Copies the files under the local folder `local` to `target` (local or a URL)."""
@@ -65,7 +67,7 @@ class Profile(keras.callbacks.Callback):
             raise ValueError(f"expected 1 <= start <= stop. Received: ({start}, {stop})")
         self._steps = (start, stop)
         self._directory = epath.Path(directory)
-        self._remote = "://" in os.fspath(directory)
+        self._remote = is_remote(directory)
         # Batches (1-based) that make steps start..stop.
         self._first = (start - 1) * accumulation + 1
         self._last = stop * accumulation

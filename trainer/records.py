@@ -12,6 +12,11 @@ from etils import epath
 REMOTE_FLUSH_S = 30.0
 
 
+def is_remote(path: epath.PathLike) -> bool:
+    """Whether `path` is a URL of an object store (gs://, s3://, ...): no appends, no local files."""
+    return "://" in os.fspath(path)
+
+
 class JsonLines:
     """One JSON object per line, appended to `path`.
 
@@ -33,7 +38,7 @@ class JsonLines:
 
     def __init__(self, path: epath.PathLike, *, flush_s: float = REMOTE_FLUSH_S):
         self._path = epath.Path(path)
-        self._remote = "://" in os.fspath(path)
+        self._remote = is_remote(path)
         self._flush_s = flush_s
         self._text = ""
         self._dirty = False

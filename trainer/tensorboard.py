@@ -43,7 +43,7 @@ from tensorboardX.proto import event_pb2, summary_pb2
 
 from checkpointing import events
 from trainer.callbacks import StepRecords
-from trainer.records import REMOTE_FLUSH_S
+from trainer.records import REMOTE_FLUSH_S, is_remote
 
 # How often, at most, a local event file is flushed for a running TensorBoard.
 LOCAL_FLUSH_S = 5.0
@@ -70,7 +70,7 @@ class EventFile:
 
     def __init__(self, directory: epath.PathLike, *, flush_s: float | None = None):
         self._target = epath.Path(directory)
-        self._remote = "://" in os.fspath(directory)
+        self._remote = is_remote(directory)
         self._flush_s = (
             flush_s if flush_s is not None else (REMOTE_FLUSH_S if self._remote else LOCAL_FLUSH_S)
         )
